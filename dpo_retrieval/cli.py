@@ -6,9 +6,11 @@ Nothing in the library imports this module.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
+from pathlib import Path
 
 from dpo_retrieval.errors import UserInputError
 
@@ -130,7 +132,7 @@ def _add_train(sub) -> None:
 def _run_train(args) -> None:
     from dpo_retrieval.training import TrainConfig, train
 
-    cfg = TrainConfig.from_namespace(args)
+    cfg = dataclasses.replace(TrainConfig.from_namespace(args), show_progress_bar=not args.quiet)
     out = train(cfg)
     logger.info("saved model to %s (load it with SentenceTransformer(%r))", out, str(out))
 
@@ -302,9 +304,126 @@ def _run_evaluate(args) -> None:
     logger.info("wrote results to %s", args.output)
 
 
+# ----------------------------------------------------------------------------------------------
+# mine / compare
+def _add_mining_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--negatives", type=positive_int, default=1, help="hard negatives per (query, positive) (default: 1)")
+    p.add_argument("--rank-window", default="10-50",
+                   help="MIN-MAX: sample negatives from the hits ranked MIN+1..MAX by the base retriever, never "
+                        "a judged document (default: 10-50)")
+    p.add_argument("--source", choices=["dense", "bm25"], default="dense",
+                   help="first-stage retriever for negatives: dense = the base model through FAISS, bm25 = bm25s "
+                        "(default: dense)")
+    p.add_argument("--sampling", choices=["random", "top"], default="random",
+                   help="random = sample within the window (seeded), top = take the highest-ranked (default: random)")
+    p.add_argument("--margin", type=float, default=None,
+                   help="false-negative filter: drop candidates scoring above (positive score - MARGIN) (dense only)")
+    p.add_argument("--dev-fraction", type=float, default=0.1,
+                   help="share of the train queries held out as a dev split for choosing hyper-parameters; the "
+                        "test split is only used for the final report (default: 0.1)")
+
+
+def _mine_config(args):
+    from dpo_retrieval.mining import MineConfig
+
+    try:
+        lo, hi = (int(x) for x in args.rank_window.split("-"))
+    except ValueError:
+        raise UserInputError(f"--rank-window: expected MIN-MAX such as 10-50, got {args.rank_window!r}") from None
+    return MineConfig(negatives=args.negatives, rank_min=lo, rank_max=hi, source=args.source, sampling=args.sampling,
+                      margin=args.margin, dev_fraction=args.dev_fraction, seed=args.seed).check()
+
+
+def _add_mine(sub) -> None:
+    p = sub.add_parser(
+        "mine", help="mine training triplets (hard negatives) from a BEIR train split",
+        description="Positives are qrels with score > 0; hard negatives come from a rank window of the base "
+                    "model (FAISS) or BM25, never a judged document. Writes triplets.jsonl, train_qrels.tsv, "
+                    "dev_qrels.tsv (held-out train queries) and mining.json to --output.")
+    p.add_argument("--dataset", required=True, help="BEIR dataset name or path (see evaluate --help)")
+    p.add_argument("--split", default="train", help="qrels split to mine (default: train)")
+    p.add_argument("--output", required=True, help="output directory")
+    _add_model_options(p)
+    _add_encode_options(p)
+    _add_mining_options(p)
+    p.add_argument("--seed", type=int, default=42, help="seed for sampling and the dev split (default: 42)")
+    p.set_defaults(func=_run_mine)
+
+
+def _run_mine(args) -> None:
+    from dpo_retrieval.evaluation import load_beir
+    from dpo_retrieval.mining import mine
+    from dpo_retrieval.models import load_model
+
+    cfg = _mine_config(args)
+    dataset = load_beir(args.dataset, args.split)
+    model = load_model(args.model, device=args.device, max_seq_length=args.max_seq_length or 256,
+                       trust_remote_code=args.trust_remote_code)
+    info = mine(model, dataset, args.output, cfg, precision=args.precision, batch_size=args.batch_size)
+    logger.info("wrote %d triplets to %s", info["triplets"], Path(args.output) / "triplets.jsonl")
+
+
+def _add_compare(sub) -> None:
+    from dpo_retrieval.compare import PRESETS
+
+    presets = "; ".join(f"{k}: " + ", ".join(f"{n}={v}" for n, v in d.items()) for k, d in PRESETS.items())
+    p = sub.add_parser(
+        "compare", help="mine triplets, train DPO and contrastive from one base, evaluate on BEIR, report",
+        description="The whole experiment in one command: mine triplets from the dataset's train split, train "
+                    "every --losses entry from the same base on the same triplets and budget, evaluate the base "
+                    "and each model on the test split (plus a dev split held out from train, and any "
+                    "--eval-datasets), and write report.json, report.md and PNG plots with paired significance "
+                    "tests. Each stage is cached under --output and skipped when its inputs are unchanged, so an "
+                    f"interrupted run resumes. Presets ({presets}); options override presets.")
+    p.add_argument("--dataset", required=True, help="BEIR dataset with train and test splits (name or path)")
+    p.add_argument("--output", required=True, help="run directory")
+    _add_model_options(p)
+    p.add_argument("--losses", default="dpo,contrastive",
+                   help="comma-separated losses to train: dpo, contrastive, dpr (default: dpo,contrastive)")
+    p.add_argument("--eval-datasets", default="",
+                   help="comma-separated extra BEIR test sets for out-of-domain retention, e.g. dbpedia-entity-5k")
+    p.add_argument("--preset", choices=["quick", "full"], default="quick", help="budget preset (default: quick)")
+    p.add_argument("--max-triplets", type=positive_int, default=None, help="train on a seeded subsample of this many triplets")
+    p.add_argument("--train-max-seq-length", type=positive_int, default=None, help="tokens per text in training")
+    p.add_argument("--eval-max-seq-length", type=positive_int, default=256, help="tokens per text in evaluation (default: 256)")
+    p.add_argument("--epochs", type=positive_float, default=None, help="training epochs")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="triplets per training batch")
+    p.add_argument("--lr", type=positive_float, default=None, help="learning rate")
+    p.add_argument("--warmup", type=float, default=0.1, help="warm-up ratio (< 1) or steps (default: 0.1)")
+    p.add_argument("--seed", type=int, default=42, help="seed for mining, subsampling and training (default: 42)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="training and encoding precision (default: auto = bf16 where native)")
+    p.add_argument("--eval-batch-size", type=positive_int, default=64, help="encoding batch size (default: 64)")
+    p.add_argument("--top-k", type=positive_int, default=1000, help="hits retrieved per query (default: 1000)")
+    p.add_argument("--beta", type=positive_float, default=None, help="DPO beta (default by policy: linear 1, sigmoid 10)")
+    p.add_argument("--scale", type=positive_float, default=None, help="DPO scale (default by policy: linear 20, sigmoid 10)")
+    p.add_argument("--policy", choices=["linear", "sigmoid"], default="linear", help="DPO policy (default: linear)")
+    p.add_argument("--loss-type", choices=["sigmoid", "ipo"], default="sigmoid", help="DPO objective (default: sigmoid)")
+    p.add_argument("--label-smoothing", type=unit_interval, default=0.0, help="cDPO epsilon (default: 0)")
+    _add_mining_options(p)
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args) -> None:
+    from dpo_retrieval.compare import CompareConfig, run_compare
+
+    split = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())  # noqa: E731
+    cfg = CompareConfig(
+        dataset=args.dataset, output=args.output, model=args.model, losses=split(args.losses),
+        eval_datasets=split(args.eval_datasets), preset=args.preset, max_triplets=args.max_triplets,
+        train_max_seq_length=args.train_max_seq_length, eval_max_seq_length=args.eval_max_seq_length,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
+        device=args.device, precision=args.precision, eval_batch_size=args.eval_batch_size, top_k=args.top_k,
+        beta=args.beta, scale=args.scale, policy=args.policy, loss_type=args.loss_type,
+        label_smoothing=args.label_smoothing, mining=_mine_config(args), show_progress_bar=not args.quiet)
+    out = run_compare(cfg)
+    print(Path(out["report_md"]).read_text())
+    logger.info("wrote %s, %s and %d plots", out["report_json"], out["report_md"], len(out["plots"]))
+
+
 # Commands defined further down (retrieval, mining, comparison) register themselves here.
 _EXTRA_COMMANDS: list = []
-_EXTRA_COMMANDS += [_add_index, _add_search, _add_evaluate]
+_EXTRA_COMMANDS += [_add_index, _add_search, _add_evaluate, _add_mine, _add_compare]
 
 
 def main(argv: list[str] | None = None) -> int:

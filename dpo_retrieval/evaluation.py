@@ -73,9 +73,14 @@ def _offline() -> bool:
 
 def download_beir(name: str, root: Path) -> Path:
     """Download and unzip BEIR dataset ``name`` under ``root`` with BEIR's own downloader, atomically."""
-    from beir import util
-
     target = root / name
+    create = (f"create {target} with corpus.jsonl, queries.jsonl and qrels/<split>.tsv, "
+              f"or set {DATA_ENV} to the folder that holds {name}/")
+    try:
+        from beir import util
+    except ImportError as err:  # beir.util needs requests, which beir does not always pull in
+        raise UserInputError(f"--dataset: {name!r} is not at {target} and BEIR's downloader cannot run "
+                             f"({err}; pip install requests); {create}") from None
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.download-", dir=root))
@@ -93,8 +98,7 @@ def download_beir(name: str, root: Path) -> Path:
     except Exception as err:  # network, HTTP 404, bad zip ...
         raise UserInputError(
             f"--dataset: cannot download {name!r} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-            f"create {target} with corpus.jsonl, queries.jsonl and qrels/<split>.tsv, "
-            f"or set {DATA_ENV} to the folder that holds {name}/") from None
+            f"{create}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -1,0 +1,275 @@
+"""``dpo-retrieval compare``: mine triplets, train each loss from one base, evaluate on BEIR, report.
+
+Every stage writes under the run directory and records a hash of its inputs and settings in a
+``*.stage.json`` file beside its output; a re-run skips each stage whose hash still matches, and a
+training run that was interrupted resumes from its last checkpoint.
+
+    RUN/mine/                  triplets.jsonl, train_qrels.tsv, dev_qrels.tsv, mining.json
+    RUN/train_triplets.jsonl   the triplets every loss trains on (the preset's subsample)
+    RUN/models/<loss>/         trained models (sentence-transformers format) + train_log.jsonl
+    RUN/embeddings/<model>/    corpus embeddings per model and dataset (reused by re-runs)
+    RUN/eval/<model>/          metrics per dataset and split (JSON, with per-query scores)
+    RUN/report.json, report.md, *.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dpo_retrieval.errors import UserInputError
+from dpo_retrieval.mining import MineConfig
+
+logger = logging.getLogger(__name__)
+
+#: The presets. ``quick`` trains on a fixed-seed subsample of the mined triplets with a shorter
+#: max length so the whole comparison fits in about 15 minutes on a 2-core CPU; evaluation is
+#: still on the full test split at max length 256. ``full`` is the real experiment.
+PRESETS = {
+    "quick": {"max_triplets": 256, "train_max_seq_length": 128, "epochs": 1.0, "batch_size": 32, "lr": 5e-5},
+    "full": {"max_triplets": None, "train_max_seq_length": 256, "epochs": 1.0, "batch_size": 32, "lr": 2e-5},
+}
+METRIC_NAMES = {"ndcg@10": "NDCG@10", "recall@100": "Recall@100", "map@100": "MAP@100", "mrr@10": "MRR@10"}
+
+
+@dataclass
+class CompareConfig:
+    dataset: str = field(metadata={"help": "BEIR dataset (name or path) with train and test splits"})
+    output: str = field(metadata={"help": "run directory"})
+    model: str | None = field(default=None, metadata={"help": "base model (default: packaged all-MiniLM-L6-v2)"})
+    losses: tuple[str, ...] = field(default=("dpo", "contrastive"), metadata={"help": "losses to train"})
+    eval_datasets: tuple[str, ...] = field(default=(), metadata={"help": "extra BEIR test sets (out of domain)"})
+    preset: str = field(default="quick", metadata={"help": "quick or full"})
+    max_triplets: int | None = field(default=None, metadata={"help": "subsample of mined triplets to train on"})
+    train_max_seq_length: int | None = field(default=None, metadata={"help": "max tokens per text in training"})
+    eval_max_seq_length: int = field(default=256, metadata={"help": "max tokens per text in evaluation"})
+    epochs: float | None = field(default=None, metadata={"help": "training epochs"})
+    batch_size: int | None = field(default=None, metadata={"help": "triplets per batch"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate"})
+    warmup: float = field(default=0.1, metadata={"help": "warm-up ratio (< 1) or steps"})
+    seed: int = field(default=42, metadata={"help": "seed for mining, subsampling and training"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, mps or auto"})
+    precision: str = field(default="auto", metadata={"help": "auto, fp32, bf16 or fp16 (training and encoding)"})
+    eval_batch_size: int = field(default=64, metadata={"help": "encoding batch size"})
+    top_k: int = field(default=1000, metadata={"help": "documents retrieved per query"})
+    beta: float | None = field(default=None, metadata={"help": "DPO beta"})
+    scale: float | None = field(default=None, metadata={"help": "DPO scale"})
+    policy: str = field(default="linear", metadata={"help": "DPO policy"})
+    loss_type: str = field(default="sigmoid", metadata={"help": "DPO loss type"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "cDPO epsilon"})
+    mining: MineConfig = field(default_factory=MineConfig, metadata={"help": "mining settings"})
+    show_progress_bar: bool = field(default=True, metadata={"help": "progress bars"})
+
+    def resolved(self) -> "CompareConfig":
+        if self.preset not in PRESETS:
+            raise UserInputError(f"--preset: choose one of {', '.join(PRESETS)}, got {self.preset!r}")
+        unknown = [loss for loss in self.losses if loss not in ("dpo", "contrastive", "dpr")]
+        if unknown or not self.losses:
+            raise UserInputError(f"--losses: unknown {', '.join(unknown) or '(none)'}; choose from dpo, contrastive, dpr")
+        values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in PRESETS[self.preset].items()}
+        if values["max_triplets"] is not None and values["max_triplets"] <= 0:
+            raise UserInputError("--max-triplets: must be > 0")
+        return dataclasses.replace(self, **values, mining=dataclasses.replace(self.mining, seed=self.seed).check())
+
+
+# ----------------------------------------------------------------------------------------------
+# stage bookkeeping
+def fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _dataset_stamp(path: Path) -> dict:
+    files = [path / "corpus.jsonl", path / "queries.jsonl", *sorted((path / "qrels").glob("*.tsv"))]
+    return {str(f.relative_to(path)): [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()}
+
+
+class Stage:
+    """``<name>.stage.json`` beside a stage's output: the hash of its inputs and whether it finished."""
+
+    def __init__(self, marker: Path, key: dict) -> None:
+        self.marker = marker
+        self.key = key
+        self.hash = fingerprint(key)
+
+    def _read(self) -> dict:
+        try:
+            return json.loads(self.marker.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def done(self) -> bool:
+        rec = self._read()
+        return rec.get("hash") == self.hash and rec.get("status") == "done"
+
+    def started_same(self) -> bool:
+        return self._read().get("hash") == self.hash
+
+    def _write(self, status: str, **info) -> None:
+        self.marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.marker.with_name(self.marker.name + ".tmp")
+        tmp.write_text(json.dumps({"hash": self.hash, "status": status, "key": self.key, **info}, indent=2, default=str))
+        os.replace(tmp, self.marker)
+
+    def start(self) -> None:
+        self._write("running")
+
+    def finish(self, **info) -> None:
+        self._write("done", **info)
+
+    def info(self) -> dict:
+        return self._read()
+
+
+# ----------------------------------------------------------------------------------------------
+def _to_report_entry(result: dict, train_time: float | None) -> dict:
+    per_query: dict[str, dict[str, float]] = {name: {} for name in METRIC_NAMES.values()}
+    for qid, row in result["per_query"].items():
+        for key, name in METRIC_NAMES.items():
+            if key in row:
+                per_query[name][qid] = row[key]
+    t = result["timings"]
+    return {
+        "metrics": {name: result["metrics"][key] for key, name in METRIC_NAMES.items() if key in result["metrics"]},
+        "per_query": per_query,
+        "train_time_s": train_time,
+        "eval_time_s": round(sum(v for k, v in t.items() if k.endswith("_s") and not k.endswith("per_s")), 2),
+    }
+
+
+def run_compare(cfg: CompareConfig) -> dict:
+    """Run (or resume) the whole comparison; returns what ``write_report`` returned."""
+    from dpo_retrieval.data import load_triplets, save_triplets
+    from dpo_retrieval.evaluation import evaluate_model, load_beir, write_json
+    from dpo_retrieval.mining import mine, subset_queries
+    from dpo_retrieval.models import load_model, resolve_model_path
+    from dpo_retrieval.report import write_report
+    from dpo_retrieval.training import TrainConfig, train
+
+    cfg = cfg.resolved()
+    run = Path(cfg.output)
+    if run.exists() and not run.is_dir():
+        raise UserInputError(f"--output: {run} exists and is not a directory")
+    started = time.perf_counter()
+    # Load every dataset first: a bad name or file fails before anything is written.
+    train_split = load_beir(cfg.dataset, "train")
+    test_sets = [load_beir(cfg.dataset, "test")] + [load_beir(d, "test") for d in cfg.eval_datasets]
+    base_path = resolve_model_path(cfg.model)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+
+    # 1. mine ------------------------------------------------------------------------------------
+    base = None
+    mine_dir = run / "mine"
+    base_key = {"model": str(Path(base_path).resolve()) if Path(base_path).exists() else base_path}
+    mine_stage = Stage(run / "mine.stage.json", {
+        "dataset": _dataset_stamp(train_split.path), "base": base_key, "mining": dataclasses.asdict(cfg.mining),
+        "eval_max_seq_length": cfg.eval_max_seq_length, "precision": cfg.precision})
+    emb_dir = run / "embeddings"
+    if mine_stage.done():
+        logger.info("[mine] up to date, skipped (%s)", mine_dir)
+    else:
+        base = load_model(cfg.model, device=cfg.device, max_seq_length=cfg.eval_max_seq_length)
+        mine_stage.start()
+        info = mine(base, train_split, mine_dir, cfg.mining, precision=cfg.precision, batch_size=cfg.eval_batch_size,
+                    embeddings_cache=emb_dir / "base" / f"{train_split.name}.npy")
+        mine_stage.finish(**info)
+
+    # 2. the triplets every loss trains on ------------------------------------------------------
+    triplets = load_triplets(mine_dir / "triplets.jsonl")
+    if cfg.max_triplets is not None and cfg.max_triplets < len(triplets):
+        picked = sorted(random.Random(cfg.seed).sample(range(len(triplets)), cfg.max_triplets))
+        triplets = triplets.select(picked)
+    train_file = run / "train_triplets.jsonl"
+    data_key = {"mine": mine_stage.hash, "max_triplets": cfg.max_triplets, "seed": cfg.seed}
+    data_stage = Stage(run / "train_triplets.stage.json", data_key)
+    if not data_stage.done():
+        save_triplets(triplets, train_file)
+        data_stage.finish(rows=len(triplets))
+
+    # 3. train --------------------------------------------------------------------------------
+    train_times: dict[str, float] = {}
+    model_dirs = {"base": base_path}
+    model_stages = {"base": fingerprint(base_key)}
+    for loss in cfg.losses:
+        out = run / "models" / loss
+        tcfg = TrainConfig(
+            triplets=str(train_file), output=str(out), model=cfg.model, loss=loss, beta=cfg.beta, scale=cfg.scale,
+            policy=cfg.policy, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing, epochs=cfg.epochs,
+            batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, max_seq_length=cfg.train_max_seq_length,
+            seed=cfg.seed, device=cfg.device, precision=cfg.precision, show_progress_bar=cfg.show_progress_bar,
+            logging_steps=1, save_steps=50)
+        key = {"data": data_stage.hash, "base": base_key, "train": {k: v for k, v in dataclasses.asdict(tcfg).items()
+                                                                      if k not in ("output", "show_progress_bar")}}
+        stage = Stage(run / "models" / f"{loss}.stage.json", key)
+        model_stages[loss] = stage.hash
+        model_dirs[loss] = str(out)
+        if stage.done():
+            logger.info("[train %s] up to date, skipped", loss)
+        else:
+            resume = stage.started_same() and (out / "checkpoints").is_dir()
+            if out.exists() and not resume:
+                shutil.rmtree(out)
+            stage.start()
+            train(dataclasses.replace(tcfg, resume=resume))
+            summary = json.loads((out / "train_summary.json").read_text())
+            stage.finish(train_seconds=summary["train_seconds"], steps=summary["steps"])
+        train_times[loss] = stage.info().get("train_seconds")
+
+    # 4. evaluate -------------------------------------------------------------------------------
+    dev_qids = _read_qids(mine_dir / "dev_qrels.tsv")
+    eval_sets = [(ds.name, ds) for ds in test_sets]
+    if dev_qids:
+        eval_sets.insert(1, (f"{train_split.name}-dev", subset_queries(train_split, dev_qids)))
+    dataset_runs: dict[str, dict] = {name: {"models": {}} for name, _ in eval_sets}
+    for name, mdir in model_dirs.items():
+        loaded = base if name == "base" else None
+        for ds_name, ds in eval_sets:
+            path = run / "eval" / name / f"{ds_name}.json"
+            stage = Stage(path.with_suffix(".stage.json"), {
+                "model": model_stages[name], "dataset": _dataset_stamp(ds.path), "split": ds.split,
+                "queries": fingerprint(sorted(ds.queries)), "max_seq_length": cfg.eval_max_seq_length,
+                "precision": cfg.precision, "top_k": cfg.top_k})
+            if not (stage.done() and path.exists()):
+                if loaded is None:
+                    loaded = load_model(mdir, device=cfg.device, max_seq_length=cfg.eval_max_seq_length)
+                stage.start()
+                result = evaluate_model(loaded, ds, top_k=cfg.top_k, precision=cfg.precision,
+                                        batch_size=cfg.eval_batch_size, include_run=False, model_name=mdir,
+                                        embeddings_cache=emb_dir / name / f"{ds.path.name}.npy",
+                                        show_progress_bar=cfg.show_progress_bar)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_json(result, path)
+                stage.finish()
+                logger.info("[eval %s on %s] nDCG@10 %.4f", name, ds_name, result["metrics"]["ndcg@10"])
+            else:
+                logger.info("[eval %s on %s] up to date, skipped", name, ds_name)
+                result = json.loads(path.read_text())
+            dataset_runs[ds_name]["models"][name] = _to_report_entry(result, train_times.get(name))
+        del loaded
+
+    # 5. report -------------------------------------------------------------------------------
+    logs = {loss: _read_log(run / "models" / loss / "train_log.jsonl") for loss in cfg.losses}
+    results = {"dataset_runs": dataset_runs, "training_logs": logs,
+               "config": {**dataclasses.asdict(cfg), "wall_time_s": round(time.perf_counter() - started, 1)}}
+    return write_report(results, run, seed=cfg.seed)
+
+
+def _read_qids(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()[1:]
+    return sorted({line.split("\t")[0] for line in lines if line.strip()})
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,212 @@
+"""``dpo-retrieval mine``: training triplets from a BEIR train split, plus a held-out dev split.
+
+Positives are the qrels with score > 0. Hard negatives come from a rank window of a first-stage
+retriever: the base model through a FAISS index (``dense``, reusing the corpus embeddings the
+base model's evaluation needs anyway) or BM25 through ``bm25s`` (``bm25``). A judged document is
+never a negative, and an optional margin drops candidates scoring too close to the positive
+(likely false negatives). Everything is deterministic for a seed.
+
+sentence-transformers' ``mine_hard_negatives`` does the dense part for (anchor, positive) pairs,
+but it re-encodes the corpus on every call, cannot exclude the other judged documents of a query,
+and has no BM25 source; this module keeps to what it cannot do and calls our shared encoder/index.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dpo_retrieval.errors import UserInputError
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("dense", "bm25")
+
+
+@dataclass
+class MineConfig:
+    """How triplets are mined; every field is also a ``dpo-retrieval mine`` option."""
+
+    negatives: int = 1          # hard negatives per (query, positive)
+    rank_min: int = 10          # skip the top rank_min hits (likely unjudged positives) ...
+    rank_max: int = 50          # ... and sample from the hits ranked rank_min+1 .. rank_max
+    source: str = "dense"       # dense (the base model + FAISS) or bm25 (bm25s)
+    sampling: str = "random"    # random within the window, or top (the highest-ranked first)
+    margin: float | None = None  # drop candidates scoring above (positive score - margin)
+    dev_fraction: float = 0.1   # share of the train queries held out as a dev split
+    seed: int = 42
+
+    def check(self) -> "MineConfig":
+        problems = [
+            (self.negatives >= 1, f"--negatives: must be >= 1, got {self.negatives}"),
+            (0 <= self.rank_min < self.rank_max, f"--rank-window: need 0 <= min < max, got {self.rank_min}-{self.rank_max}"),
+            (self.rank_max - self.rank_min >= self.negatives,
+             f"--rank-window: {self.rank_min}-{self.rank_max} holds fewer than --negatives {self.negatives} candidates"),
+            (self.source in SOURCES, f"--source: choose dense or bm25, got {self.source!r}"),
+            (self.sampling in ("random", "top"), f"--sampling: choose random or top, got {self.sampling!r}"),
+            (0.0 <= self.dev_fraction < 1.0, f"--dev-fraction: must be in [0, 1), got {self.dev_fraction}"),
+            (self.margin is None or self.margin >= 0, f"--margin: must be >= 0, got {self.margin}"),
+        ]
+        for ok, message in problems:
+            if not ok:
+                raise UserInputError(message)
+        return self
+
+
+def split_dev(qids, fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministically hold out ``fraction`` of the query ids: ``(train_qids, dev_qids)``."""
+    ordered = sorted(qids)
+    random.Random(seed).shuffle(ordered)
+    n_dev = int(round(len(ordered) * fraction))
+    return sorted(ordered[n_dev:]), sorted(ordered[:n_dev])
+
+
+def dense_candidates(model, dataset, qids: list[str], depth: int, *, embeddings_cache=None,
+                     precision: str = "auto", batch_size: int = 64) -> dict[str, list[tuple[str, float]]]:
+    """Top-``depth`` documents per query from the model through an exact FAISS index."""
+    from dpo_retrieval.evaluation import evaluate_model
+
+    sub = subset_queries(dataset, qids)
+    result = evaluate_model(model, sub, top_k=depth, k_values=(10,), precision=precision, batch_size=batch_size,
+                            embeddings_cache=embeddings_cache, include_run=True)
+    return {q: sorted(hits.items(), key=lambda x: -x[1]) for q, hits in result["run"].items()}
+
+
+def bm25_candidates(dataset, qids: list[str], depth: int) -> dict[str, list[tuple[str, float]]]:
+    """Top-``depth`` documents per query by BM25 (``bm25s``, English stopwords)."""
+    import bm25s
+
+    doc_ids = dataset.doc_ids
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(list(dataset.doc_texts()), stopwords="en", show_progress=False),
+                    show_progress=False)
+    tokens = bm25s.tokenize([dataset.queries[q] for q in qids], stopwords="en", show_progress=False)
+    idx, scores = retriever.retrieve(tokens, k=min(depth, len(doc_ids)), show_progress=False)
+    return {q: [(doc_ids[int(i)], float(s)) for i, s in zip(idx[r], scores[r])] for r, q in enumerate(qids)}
+
+
+def subset_queries(dataset, qids):
+    """The same split restricted to the queries ``qids`` (and their qrels)."""
+    from dataclasses import replace
+
+    return replace(dataset, queries={q: dataset.queries[q] for q in qids},
+                   qrels={q: dataset.qrels[q] for q in qids if q in dataset.qrels})
+
+
+def select_negatives(candidates: list[tuple[str, float]], judged: set[str], cfg: MineConfig, rng: random.Random,
+                     positive_score: float | None = None) -> list[str]:
+    """Pick ``cfg.negatives`` document ids from ranks ``(rank_min, rank_max]``, never a judged one."""
+    window = [(d, s) for d, s in candidates[cfg.rank_min:cfg.rank_max] if d not in judged]
+    if cfg.margin is not None and positive_score is not None:
+        window = [(d, s) for d, s in window if s <= positive_score - cfg.margin]
+    if len(window) < cfg.negatives:
+        return []
+    if cfg.sampling == "top":
+        return [d for d, _ in window[:cfg.negatives]]
+    return [d for d, _ in rng.sample(window, cfg.negatives)]
+
+
+def mine_triplets(dataset, candidates: dict[str, list[tuple[str, float]]], qids: list[str], cfg: MineConfig,
+                  positive_scores: dict[tuple[str, str], float] | None = None) -> tuple[list[dict], dict]:
+    """Rows ``{anchor, positive, negative_1..k}`` (texts) and counts of what was kept and dropped."""
+    texts = {}
+
+    def text(doc_id: str) -> str:
+        if doc_id not in texts:
+            d = dataset.corpus[doc_id]
+            texts[doc_id] = f"{d.get('title') or ''} {d.get('text') or ''}".strip()
+        return texts[doc_id]
+
+    rows, skipped = [], 0
+    for q in qids:
+        judged = set(dataset.qrels.get(q, {}))
+        for pos, grade in sorted(dataset.qrels.get(q, {}).items()):
+            if grade <= 0:
+                continue
+            rng = random.Random(f"{cfg.seed}:{q}:{pos}")
+            score = positive_scores.get((q, pos)) if positive_scores else None
+            negs = select_negatives(candidates.get(q, []), judged, cfg, rng, score)
+            if not negs or not text(pos):
+                skipped += 1
+                continue
+            rows.append({"anchor": dataset.queries[q], "positive": text(pos),
+                         **{f"negative_{i + 1}": text(n) for i, n in enumerate(negs)}})
+    return rows, {"triplets": len(rows), "positives_without_enough_negatives": skipped}
+
+
+def _positive_scores(model, dataset, qids, embeddings_cache, precision) -> dict[tuple[str, str], float]:
+    from dpo_retrieval.encoding import encode_texts
+
+    corpus = np.load(embeddings_cache, mmap_mode="r")
+    row = {d: i for i, d in enumerate(dataset.doc_ids)}
+    q_emb = encode_texts(model, [dataset.queries[q] for q in qids], task="query", precision=precision,
+                         show_progress_bar=False)
+    out = {}
+    for qi, q in enumerate(qids):
+        for d in dataset.qrels.get(q, {}):
+            out[(q, d)] = float(np.dot(q_emb[qi], corpus[row[d]]))
+    return out
+
+
+def write_qrels(qrels: dict[str, dict[str, int]], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["query-id", "corpus-id", "score"])
+        for q in sorted(qrels):
+            for d, s in sorted(qrels[q].items()):
+                w.writerow([q, d, s])
+    os.replace(tmp, path)
+
+
+def mine(model, dataset, output_dir, cfg: MineConfig, *, embeddings_cache=None, precision: str = "auto",
+         batch_size: int = 64) -> dict:
+    """Mine ``dataset`` (a BEIR train split) into ``output_dir``: ``triplets.jsonl``, ``train_qrels.tsv``,
+    ``dev_qrels.tsv`` and ``mining.json`` (settings and counts). Returns the ``mining.json`` content."""
+    from dpo_retrieval.data import save_triplets
+
+    cfg.check()
+    start = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    train_q, dev_q = split_dev([q for q in dataset.qrels if q in dataset.queries], cfg.dev_fraction, cfg.seed)
+    if not train_q:
+        raise UserInputError(f"{dataset.path}: no train queries with judgments to mine")
+    if cfg.source == "dense":
+        if embeddings_cache is None:
+            embeddings_cache = output_dir / "corpus_embeddings.npy"
+        candidates = dense_candidates(model, dataset, train_q, cfg.rank_max, embeddings_cache=embeddings_cache,
+                                      precision=precision, batch_size=batch_size)
+        pos_scores = (_positive_scores(model, dataset, train_q, embeddings_cache, precision)
+                      if cfg.margin is not None else None)
+    else:
+        candidates = bm25_candidates(dataset, train_q, cfg.rank_max)
+        pos_scores = None
+        if cfg.margin is not None:
+            logger.warning("--margin applies to dense mining only; ignored for bm25")
+    rows, counts = mine_triplets(dataset, candidates, train_q, cfg, pos_scores)
+    if not rows:
+        raise UserInputError(f"{dataset.path}: no triplet could be mined with these settings "
+                             f"(window {cfg.rank_min}-{cfg.rank_max}, margin {cfg.margin})")
+    save_triplets(rows, output_dir / "triplets.jsonl")
+    write_qrels({q: dataset.qrels[q] for q in train_q}, output_dir / "train_qrels.tsv")
+    write_qrels({q: dataset.qrels[q] for q in dev_q}, output_dir / "dev_qrels.tsv")
+    info = {
+        "dataset": str(dataset.path), "split": dataset.split, "settings": asdict(cfg),
+        "train_queries": len(train_q), "dev_queries": len(dev_q), **counts,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    tmp = output_dir / "mining.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, output_dir / "mining.json")
+    logger.info("mined %d triplets from %d train queries (%d held out for dev) in %.1fs",
+                len(rows), len(train_q), len(dev_q), info["seconds"])
+    return info
