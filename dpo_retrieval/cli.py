@@ -18,6 +18,16 @@ logger = logging.getLogger("dpo_retrieval")
 
 
 # ----------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block); ``--help`` still shows the usage.
+
+    Subparsers inherit the class (``add_subparsers`` uses ``type(parent)``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ----------------------------------------------------------------------------------------------
 # option checks shared by several commands
 def positive_int(text: str) -> int:
     try:
@@ -139,7 +149,7 @@ def _run_train(args) -> None:
 
 # ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dpo-retrieval",
         description="Train dual-encoder retrievers with DPO, index corpora with FAISS, and compare on BEIR.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")

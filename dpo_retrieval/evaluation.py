@@ -526,7 +526,7 @@ def _ids_digest(doc_ids: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def _cache_meta(index_meta: Mapping, doc_ids: list[str], model_settings: Mapping) -> dict:
+def _cache_meta(doc_ids: list[str], model_settings: Mapping) -> dict:
     keys = ("dimension", "max_seq_length", "similarity", "normalize_embeddings", "doc_join", "probe", "two_towers")
     return {"doc_ids_sha1": _ids_digest(doc_ids), "count": len(doc_ids),
             **{k: model_settings.get(k) for k in keys}, "model": model_settings.get("model")}
@@ -606,7 +606,7 @@ def evaluate_model(model, dataset: BeirDataset, *, top_k: int = 1000, k_values: 
         timings["encode_corpus_s"] = 0.0
     else:
         cache = Path(embeddings_cache) if embeddings_cache else None
-        expect = _cache_meta({}, doc_ids, settings)
+        expect = _cache_meta(doc_ids, settings)
         emb = _load_cached_embeddings(cache, expect) if cache is not None else None
         t0 = time.perf_counter()
         if emb is None:

@@ -26,8 +26,10 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import faiss
 import numpy as np
+
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every CPU variant it tries at INFO
+import faiss  # noqa: E402
 
 from dpo_retrieval.encoding import DEFAULT_BATCH_SIZE, DOC_JOIN, encode_texts, resolved_precision
 from dpo_retrieval.errors import UserInputError

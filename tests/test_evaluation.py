@@ -344,3 +344,11 @@ def test_scifact_subset_matches_an_independent_computation(beir_data, tmp_path):
     assert res["metrics"]["ndcg@10"] == pytest.approx(ndcg10, abs=2e-4)
     assert res["metrics"]["recall@100"] == pytest.approx(np.mean([s["recall_100"] for s in scores.values()]), abs=2e-4)
     assert res["metrics"]["ndcg@10"] > 0.7  # relevant docs are among ~100: easy, but a broken encoder fails
+
+
+def test_index_a_dataset_by_name(tiny_model, data_root, tmp_path):
+    index = ev.index_corpus(tiny_model, tmp_path / "idx", dataset="toy", precision="fp32")
+    assert index.count == len(CORPUS) and index.title("d2") == "Heart"
+    assert index.meta["corpus"] == str((data_root / "toy" / "corpus.jsonl").resolve())
+    with pytest.raises(UserInputError, match="exactly one of --corpus or --dataset"):
+        ev.index_corpus(tiny_model, tmp_path / "idx2")
