@@ -3,21 +3,24 @@
 Side by side in one process, same model (packaged all-MiniLM-L6-v2, max_seq_length 256), same batch
 size, on SciFact abstracts (title + " " + text):
 
-1. Timing: a fixed seeded subsample (``--sample``, default 1,000 docs) encoded ``--repeats`` times
+1. Timing: a fixed seeded subsample (``--sample``, default 400 docs) encoded ``--repeats`` times
    (default 3) by each variant, the variants interleaved round-robin so drift hits all alike;
    the median docs/s is reported.
 2. Accuracy: every variant's subsample embeddings vs the fp32 baseline (min / mean cosine).
 3. Full corpus (5,183 docs, skipped by ``--quick``): one timed pass of the fp32 baseline and of
    each ``--check-variants`` variant, min cosine over every document, and nDCG@10 on SciFact test
    (queries encoded the same way, exact inner-product search, pytrec_eval).
-4. Scaling: docs/s of the baseline and of ``encode_texts`` at 250 / 500 / 1,000 docs.
+4. Scaling: docs/s of the baseline and of ``encode_texts`` at 100 / 200 / 400 docs (``--scaling``).
 
 Variants (all return L2-normalized float32):
 
 - ``st_fp32``: ``model.encode(texts, batch_size=B, normalize_embeddings=True)``: the baseline.
 - ``ours_auto``: ``dpo_retrieval.encoding.encode_texts(..., precision="auto", task="document")``:
-  what ``index``/``evaluate`` run (bf16 autocast on CPUs with avx512_bf16/AMX).
-- ``ours_bf16_bs{16,32,128}``: the same at other batch sizes (the batch-size lever).
+  what ``index``/``evaluate`` run (``auto`` = bf16 autocast where ``models.cpu_bf16_is_faster``
+  says bf16 matmuls win on this CPU, else fp32; the JSON records which it resolved to).
+- ``ours_bf16`` / ``ours_fp32``: ``encode_texts`` with the precision forced.
+- ``ours_auto_bs{16,128}`` (and ``ours_{auto,bf16}_bs{16,32,128,256}`` on request): other batch
+  sizes (the batch-size lever).
 - ``st_autocast_bf16``: plain ``model.encode`` inside ``torch.autocast("cpu", bfloat16)``.
 - ``bf16_weights``: a copy of the model cast to bfloat16 (no autocast; LayerNorm/softmax in bf16).
 - ``pretok_bf16``: every text tokenized once up front, then only the forward passes are timed
@@ -67,8 +70,11 @@ def make_variants(model, batch_size: int, names: list[str]):
         return fn
 
     variants["ours_auto"] = ours(batch_size)
-    for bs in (16, 32, 128):
+    variants["ours_bf16"] = ours(batch_size, "bf16")
+    variants["ours_fp32"] = ours(batch_size, "fp32")
+    for bs in (16, 32, 128, 256):
         if bs != batch_size:
+            variants[f"ours_auto_bs{bs}"] = ours(bs)
             variants[f"ours_bf16_bs{bs}"] = ours(bs, "bf16")
 
     def st_autocast(texts, task="document"):
@@ -167,24 +173,27 @@ def cosines(a, b):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (120 docs, 1 repeat, no full-corpus pass)")
-    ap.add_argument("--sample", type=int, default=1000, help="docs in the timed subsample (default 1000)")
+    ap.add_argument("--sample", type=int, default=400, help="docs in the timed subsample (default 400)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=64, help="batch size of the baseline and ours_auto (64)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variants", default="st_fp32,ours_auto,ours_bf16_bs32,ours_bf16_bs128,st_autocast_bf16,"
-                                          "bf16_weights,pretok_bf16,openvino_bf16,openvino_fp32")
-    ap.add_argument("--check-variants", default="ours_auto,openvino_bf16",
+    ap.add_argument("--variants", default="st_fp32,ours_auto,ours_bf16,ours_auto_bs16,ours_auto_bs128,"
+                                          "bf16_weights,openvino_bf16,openvino_fp32",
+                    help="comma list; also available: ours_fp32, ours_{auto,bf16}_bs{16,32,128,256}, "
+                         "st_autocast_bf16, pretok_bf16")
+    ap.add_argument("--check-variants", default="ours_auto,openvino_fp32",
                     help="variants that also get the full-corpus pass (cosine over all docs + nDCG@10)")
-    ap.add_argument("--scaling", default="250,500,1000", help="corpus sizes for the scaling table ('' = skip)")
+    ap.add_argument("--scaling", default="100,200,400", help="corpus sizes for the scaling table ('' = skip)")
     ap.add_argument("--no-full", action="store_true", help="skip the full-corpus pass")
     args = ap.parse_args(argv)
     if args.quick:
-        args.sample, args.repeats, args.no_full, args.scaling = 120, 1, True, "60,120"
+        args.sample, args.repeats, args.no_full, args.scaling = min(args.sample, 120), 1, True, "60,120"
 
     torch.manual_seed(args.seed)
     model = load_default_model(256)
     model.eval()
-    print(f"precision auto -> {resolved_precision(model, 'auto')}; torch threads {torch.get_num_threads()}")
+    auto_precision = resolved_precision(model, "auto")
+    print(f"precision auto -> {auto_precision}; torch threads {torch.get_num_threads()}")
     doc_ids, texts = scifact_corpus()
     rng = np.random.default_rng(args.seed)
     sample_idx = np.sort(rng.choice(len(texts), size=min(args.sample, len(texts)), replace=False))
@@ -306,6 +315,7 @@ def main(argv=None):
           f"fastest variant with cos>=0.999: {goal['best_variant']}")
     write_result("bench_encode", {
         "dataset": str(SCIFACT), "model": "all-MiniLM-L6-v2", "max_seq_length": 256, "batch_size": args.batch_size,
+        "auto_precision_resolved_to": auto_precision,
         "sample_docs": len(sample), "seed": args.seed, "repeats": args.repeats,
         "peak_bf16_gflops_assumed": PEAK_BF16_GFLOPS, "mean_tokens_per_doc": mean_len,
         "gflop_per_doc": flops_b / len(sample) / 1e9, "bf16_bound_docs_per_s": bound_b, "subsample": rows, "scaling": scaling,

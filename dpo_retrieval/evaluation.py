@@ -213,25 +213,37 @@ def read_qrels(path: str | os.PathLike, *, doc_ids: Iterable[str] | None = None,
     docs = set(doc_ids) if doc_ids is not None else None
     queries = set(query_ids) if query_ids is not None else None
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8", newline="") as f:
-        for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL), 1):
-            if lineno == 1 or not row or not "".join(row).strip():
-                continue  # header, as BEIR skips it
-            if len(row) < 3:
-                raise UserInputError.at(path, lineno, f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}")
-            qid, did, grade = row[0], row[1], row[2]
-            try:
-                value = int(grade)
-            except ValueError:
-                raise UserInputError.at(path, lineno, f"score {grade!r} is not an integer") from None
-            if docs is not None and did not in docs:
-                raise UserInputError.at(path, lineno, f"corpus-id {did!r} is not in the corpus")
-            if queries is not None and qid not in queries:
-                raise UserInputError.at(path, lineno, f"query-id {qid!r} is not in queries.jsonl")
-            qrels.setdefault(qid, {})[did] = value
+    reader = None
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
+            _read_qrels_rows(path, reader, docs, queries, qrels)
+    except UnicodeDecodeError as err:
+        raise UserInputError.at(path, None, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except csv.Error as err:
+        raise UserInputError.at(path, reader.line_num if reader else None, f"malformed TSV: {err}") from None
     if not qrels:
         raise UserInputError.at(path, None, "no judgments")
     return qrels
+
+
+def _read_qrels_rows(path: Path, reader, docs, queries, qrels: dict[str, dict[str, int]]) -> None:
+    """The rows of a qrels TSV after its header into ``qrels``; bad rows raise UserInputError."""
+    for lineno, row in enumerate(reader, 1):
+        if lineno == 1 or not row or not "".join(row).strip():
+            continue  # header, as BEIR skips it
+        if len(row) < 3:
+            raise UserInputError.at(path, lineno, f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}")
+        qid, did, grade = row[0], row[1], row[2]
+        try:
+            value = int(grade)
+        except ValueError:
+            raise UserInputError.at(path, lineno, f"score {grade!r} is not an integer") from None
+        if docs is not None and did not in docs:
+            raise UserInputError.at(path, lineno, f"corpus-id {did!r} is not in the corpus")
+        if queries is not None and qid not in queries:
+            raise UserInputError.at(path, lineno, f"query-id {qid!r} is not in queries.jsonl")
+        qrels.setdefault(qid, {})[did] = value
 
 
 @dataclass
@@ -265,6 +277,8 @@ def _splits(path: Path) -> list[str]:
 def _diagnose(path: Path, split: str) -> dict:
     """Re-read the files with line numbers; raises the UserInputError that explains a failed load."""
     corpus = {d: {"title": t, "text": x} for d, t, x in iter_corpus(path / "corpus.jsonl")}
+    if not corpus:
+        raise UserInputError.at(path / "corpus.jsonl", None, "empty corpus: no documents")
     queries = read_queries(path / "queries.jsonl")
     qrels = read_qrels(path / "qrels" / f"{split}.tsv", doc_ids=corpus, query_ids=queries)
     return {"corpus": corpus, "queries": {q: queries[q] for q in qrels}, "qrels": qrels}
@@ -287,6 +301,8 @@ def load_beir(name_or_path: str | os.PathLike, split: str = "test", *, download:
         with _quiet_beir():  # GenericDataLoader logs whole example documents at INFO
             corpus, queries, qrels = GenericDataLoader(data_folder=str(path)).load(split=split)
         ok = (None not in corpus and None not in queries and len(corpus) == count_records(path / "corpus.jsonl")
+              and all(isinstance(d, str) and d and isinstance(doc.get("text"), str)
+                      and isinstance(doc.get("title") or "", str) for d, doc in corpus.items())
               and all(d in corpus for rel in qrels.values() for d in rel))
     except Exception as err:  # noqa: BLE001 - any failure is explained by re-reading with line numbers
         logger.debug("GenericDataLoader failed: %r", err)
@@ -294,6 +310,9 @@ def load_beir(name_or_path: str | os.PathLike, split: str = "test", *, download:
     if not ok:
         fixed = _diagnose(path, split)  # raises for real problems; a blank line BEIR choked on is fine
         corpus, queries, qrels = fixed["corpus"], fixed["queries"], fixed["qrels"]
+    else:  # BEIR keeps the last of duplicate query ids and any "text" (null, empty): check the (small) file
+        all_queries = read_queries(path / "queries.jsonl")
+        queries = {q: all_queries[q] for q in qrels}
     if not qrels:
         raise UserInputError.at(qrels_file, None, "no judgments")
     ds = BeirDataset(name=name, path=path, split=split, corpus=corpus, queries=queries, qrels=qrels)
@@ -490,9 +509,16 @@ def write_run(run: Mapping[str, Mapping[str, float]], path: str | os.PathLike, *
 
 def read_run(path: str | os.PathLike) -> dict[str, dict[str, float]]:
     """Read a run written by :func:`write_run` (TREC via pytrec_eval's parser, or JSONL)."""
+    path = _check_file(Path(path), "run file")
+    try:
+        return _read_run(path)
+    except UnicodeDecodeError as err:
+        raise UserInputError.at(path, None, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def _read_run(path: Path) -> dict[str, dict[str, float]]:
     import pytrec_eval
 
-    path = _check_file(Path(path), "run file")
     if run_format(path) == "trec":
         with open(path, encoding="utf-8") as f:
             try:

@@ -287,6 +287,12 @@ class FaissIndex:
             doc_ids = json.loads((d / IDS_FILE).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise UserInputError.at(d / IDS_FILE, getattr(err, "lineno", None), f"invalid JSON: {err}") from None
+        if not isinstance(doc_ids, list) or not all(isinstance(x, str) for x in doc_ids):
+            raise UserInputError.at(d / IDS_FILE, None, "expected a list of document ids (strings)")
+        if len(set(doc_ids)) != len(doc_ids):
+            seen: set[str] = set()
+            dup = next(x for x in doc_ids if x in seen or seen.add(x))
+            raise UserInputError.at(d / IDS_FILE, None, f"duplicate document id {dup!r}")
         try:
             index = faiss.read_index(str(d / INDEX_FILE))
         except RuntimeError as err:

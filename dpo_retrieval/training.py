@@ -137,8 +137,10 @@ class PreferenceTrainer(SentenceTransformerTrainer):
         pop = getattr(self.loss, "pop_metrics", None)
         if pop is not None and "loss" in logs:
             logs.update(pop())
-        if self.skipped_batches:
-            logs["skipped_batches"] = self.skipped_batches
+        skipped = self.skipped_batches + sum(cb.skipped for cb in self.callback_handler.callbacks
+                                             if isinstance(cb, FiniteGradientCallback))
+        if skipped:  # non-finite losses and non-finite gradients alike
+            logs["skipped_batches"] = skipped
         super().log(logs, *args, **kwargs)
 
 
@@ -207,23 +209,54 @@ def build_loss(cfg: TrainConfig, model, reference=None):
 
 
 def _latest_checkpoint(checkpoints: Path) -> str | None:
+    """The newest complete checkpoint. The trainer writes ``trainer_state.json`` last, so a
+    checkpoint without it was cut short (a kill mid-save) and is skipped."""
     found = [p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return str(max(found, key=lambda p: int(p.name.split("-")[-1]))) if found else None
+    complete = [p for p in found if (p / "trainer_state.json").is_file()]
+    for p in sorted(set(found) - set(complete)):
+        logger.warning("%s is incomplete (no trainer_state.json, an interrupted save?); not resuming from it", p)
+    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Drop log records after ``step`` (and a line cut short by a kill) before a resumed run appends."""
+    if not log_path.exists():
+        return
+    keep = []
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            keep.append(line + "\n")
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    tmp.write_text("".join(keep), encoding="utf-8")
+    os.replace(tmp, log_path)
 
 
 def save_model_atomically(model, output: Path, *, model_card: bool = True) -> None:
     """Write the model into ``output`` so that an interrupted save never leaves a loadable half-model.
 
-    The model is saved to a temporary folder first; its files then move in, ``modules.json`` (the
-    file ``SentenceTransformer(path)`` starts from) last.
+    The model is saved to a temporary folder first (removed if that fails). An earlier model's
+    ``modules.json`` and ``config.json`` (the files ``SentenceTransformer(path)`` starts from) are
+    removed, the new files move in, and those two come last, so that a save cut short never loads
+    (not even as a plain transformer with default pooling).
     """
     for name, param in model.named_parameters():
         if not torch.isfinite(param).all():
             raise NonFiniteError(f"weights contain NaN/inf ({name}); the model was not saved")
     tmp = output / ".saving"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save(str(tmp), create_model_card=model_card)
-    entries = sorted(tmp.iterdir(), key=lambda p: p.name == "modules.json")
+    try:
+        model.save(str(tmp), create_model_card=model_card)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    last = ("modules.json", "config.json")
+    for name in last:  # old and new files mixed must not load
+        (output / name).unlink(missing_ok=True)
+    entries = sorted(tmp.iterdir(), key=lambda p: last.index(p.name) + 1 if p.name in last else 0)
     for entry in entries:
         dest = output / entry.name
         if dest.is_dir() and entry.is_dir():
@@ -311,12 +344,14 @@ def train(cfg: TrainConfig) -> Path:
     log_path = output / "train_log.jsonl"
     if not cfg.resume and log_path.exists():
         log_path.unlink()
+    if resume_from is not None:  # the steps after the checkpoint run again: log them once
+        _truncate_log(log_path, int(Path(resume_from).name.split("-")[-1]))
     grad_guard = FiniteGradientCallback(cfg.on_nonfinite)
     trainer = PreferenceTrainer(
         model=model, args=args, train_dataset=dataset, loss=loss, on_nonfinite=cfg.on_nonfinite,
         callbacks=[JsonlLogCallback(log_path), grad_guard],
     )
-    logger.info("training %s on %d triplets (%d negatives each), device %s, precision %s",
+    logger.info("training %s on %d triplets (negatives per query: %d), device %s, precision %s",
                 cfg.loss, len(dataset), len(doc_cols) - 1, device, precision)
     start = time.perf_counter()
     try:

@@ -1,0 +1,133 @@
+"""Interrupted training (issue 6): a run killed with SIGKILL after a checkpoint resumes with --resume
+to the same final step, and on CPU with a fixed seed to bitwise-identical weights and the same log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dpo_retrieval.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TRIPLETS = [
+    ("what causes cancer", "mutation causes cancer cells", "the water fiber"),
+    ("does sleep increase risk", "sleep and heart disease risk", "vitamin and infants"),
+    ("how does insulin work", "insulin signal pathway", "white matter in the brain"),
+    ("can a virus cause infection", "virus infection and immune response", "birth weight of infants"),
+    ("what is the effect of the drug", "drug dose effects in patients", "the rna of mice"),
+    ("is diabetes a risk", "diabetes and insulin risk in women", "fiber and water"),
+]
+
+
+def _args(triplets: Path, out: Path, model: str, *extra: str) -> list[str]:
+    # batch 2 over 6 triplets: 3 steps an epoch, so step 6 is in the second epoch (the sampler's
+    # per-epoch order and the dropout RNG both have to be restored for the weights to match)
+    return ["--quiet", "train", "--triplets", str(triplets), "--output", str(out), "--model", model,
+            "--batch-size", "2", "--max-seq-length", "32", "--logging-steps", "1", "--precision", "fp32",
+            "--device", "cpu", "--save-steps", "2", "--max-steps", "6", "--seed", "7", "--lr", "1e-3", *extra]
+
+
+def _tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def _log(path: Path) -> list[tuple[int, float | None]]:
+    return [(r["step"], r.get("loss")) for r in map(json.loads, (path / "train_log.jsonl").read_text().splitlines())]
+
+
+@pytest.fixture()
+def triplets(tmp_path) -> Path:
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"query": q, "positive": p, "negative": n}) + "\n" for q, p, n in TRIPLETS))
+    return path
+
+
+def _start_and_kill(argv: list[str], out: Path, timeout: float = 240.0) -> int:
+    """Run ``python -m dpo_retrieval argv`` and SIGKILL it once checkpoint-2 (or -4) is complete."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.Popen([sys.executable, "-m", "dpo_retrieval", *argv], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            done = [c for c in ("checkpoint-2", "checkpoint-4")
+                    if (out / "checkpoints" / c / "trainer_state.json").is_file()]  # written last
+            if done:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == -signal.SIGKILL, f"the run was not killed mid-way (exit {code}): {proc.stderr.read()[-2000:]}"
+    return code
+
+
+def test_killed_run_resumes_to_bitwise_identical_weights(tmp_path, triplets, tiny_model_path):
+    import torch
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(_args(triplets, full, tiny_model_path)) == 0
+
+    _start_and_kill(_args(triplets, cut, tiny_model_path), cut)
+    assert not (cut / "modules.json").exists() and not (cut / "train_summary.json").exists()
+    # a kill in the middle of writing the next checkpoint leaves one without trainer_state.json:
+    # --resume must skip it and use the last complete one
+    partial = cut / "checkpoints" / "checkpoint-4"
+    if not (partial / "trainer_state.json").exists():
+        partial.mkdir(exist_ok=True)
+        (partial / "model.safetensors").write_bytes(b"\x08\x00\x00\x00cut")
+    # the kill may also have cut the log mid-line
+    with open(cut / "train_log.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')
+
+    assert main(_args(triplets, cut, tiny_model_path, "--resume")) == 0
+    summary = json.loads((cut / "train_summary.json").read_text())
+    assert summary["steps"] == json.loads((full / "train_summary.json").read_text())["steps"] == 6
+
+    a, b = _tensors(full), _tensors(cut)
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} of {len(a)} tensors differ after resuming, e.g. {differ[:3]}"
+    for name in ("1_Pooling/config.json", "2_Normalize/config.json", "modules.json", "config.json"):
+        assert (full / name).read_text() == (cut / name).read_text()
+    # the resumed log holds each step once, with the losses of the uninterrupted run
+    assert _log(cut) == _log(full)
+
+
+def test_resume_without_a_checkpoint_refuses_a_finished_model(tmp_path, triplets, tiny_model_path, capsys):
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / "modules.json").write_text("[]")
+    code = main(_args(triplets, out, tiny_model_path, "--resume"))
+    assert code == 2 and "holds a finished model and no checkpoint" in capsys.readouterr().err
+
+
+def test_incomplete_checkpoints_are_skipped(tmp_path, caplog):
+    from dpo_retrieval.training import _latest_checkpoint, _truncate_log
+
+    ck = tmp_path / "checkpoints"
+    for step, complete in ((2, True), (4, True), (6, False), (10, False)):
+        (ck / f"checkpoint-{step}").mkdir(parents=True)
+        if complete:
+            (ck / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (ck / "checkpoint-x").mkdir()
+    assert _latest_checkpoint(ck) == str(ck / "checkpoint-4")
+    assert "checkpoint-6 is incomplete" in caplog.text
+    assert _latest_checkpoint(tmp_path / "none") is None
+
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"step": 1, "loss": 1}\n{"step": 4, "loss": 2}\n{"step": 5, "loss": 3}\nnot json\n{"step": 6')
+    _truncate_log(log, 4)
+    assert log.read_text() == '{"step": 1, "loss": 1}\n{"step": 4, "loss": 2}\n'
