@@ -425,7 +425,8 @@ def _run_compare(args) -> None:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
         device=args.device, precision=args.precision, eval_batch_size=args.eval_batch_size, top_k=args.top_k,
         beta=args.beta, scale=args.scale, policy=args.policy, loss_type=args.loss_type,
-        label_smoothing=args.label_smoothing, mining=_mine_config(args), show_progress_bar=not args.quiet)
+        label_smoothing=args.label_smoothing, mining=_mine_config(args), show_progress_bar=not args.quiet,
+        trust_remote_code=args.trust_remote_code)
     out = run_compare(cfg)
     print(Path(out["report_md"]).read_text())
     logger.info("wrote %s, %s and %d plots", out["report_json"], out["report_md"], len(out["plots"]))

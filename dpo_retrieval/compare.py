@@ -67,6 +67,7 @@ class CompareConfig:
     label_smoothing: float = field(default=0.0, metadata={"help": "cDPO epsilon"})
     mining: MineConfig = field(default_factory=MineConfig, metadata={"help": "mining settings"})
     show_progress_bar: bool = field(default=True, metadata={"help": "progress bars"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from model directories"})
 
     def resolved(self) -> "CompareConfig":
         if self.preset not in PRESETS:
@@ -77,6 +78,13 @@ class CompareConfig:
         values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in PRESETS[self.preset].items()}
         if values["max_triplets"] is not None and values["max_triplets"] <= 0:
             raise UserInputError("--max-triplets: must be > 0")
+        from dpo_retrieval.training import POLICY_DEFAULTS
+
+        if self.policy not in POLICY_DEFAULTS:
+            raise UserInputError(f"--policy: choose linear or sigmoid, got {self.policy!r}")
+        defaults = POLICY_DEFAULTS[self.policy]  # recorded in the report as the values actually used
+        values["beta"] = self.beta if self.beta is not None else defaults["beta"]
+        values["scale"] = self.scale if self.scale is not None else defaults["scale"]
         return dataclasses.replace(self, **values, mining=dataclasses.replace(self.mining, seed=self.seed).check())
 
 
@@ -176,7 +184,8 @@ def run_compare(cfg: CompareConfig) -> dict:
     if mine_stage.done():
         logger.info("[mine] up to date, skipped (%s)", mine_dir)
     else:
-        base = load_model(cfg.model, device=cfg.device, max_seq_length=cfg.eval_max_seq_length)
+        base = load_model(cfg.model, device=cfg.device, max_seq_length=cfg.eval_max_seq_length,
+                          trust_remote_code=cfg.trust_remote_code)
         mine_stage.start()
         info = mine(base, train_split, mine_dir, cfg.mining, precision=cfg.precision, batch_size=cfg.eval_batch_size,
                     embeddings_cache=emb_dir / "base" / f"{train_split.name}.npy")
@@ -205,7 +214,7 @@ def run_compare(cfg: CompareConfig) -> dict:
             policy=cfg.policy, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing, epochs=cfg.epochs,
             batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, max_seq_length=cfg.train_max_seq_length,
             seed=cfg.seed, device=cfg.device, precision=cfg.precision, show_progress_bar=cfg.show_progress_bar,
-            logging_steps=1, save_steps=50)
+            logging_steps=1, save_steps=50, trust_remote_code=cfg.trust_remote_code)
         key = {"data": data_stage.hash, "base": base_key, "train": {k: v for k, v in dataclasses.asdict(tcfg).items()
                                                                       if k not in ("output", "show_progress_bar")}}
         stage = Stage(run / "models" / f"{loss}.stage.json", key)
@@ -239,7 +248,8 @@ def run_compare(cfg: CompareConfig) -> dict:
                 "precision": cfg.precision, "top_k": cfg.top_k})
             if not (stage.done() and path.exists()):
                 if loaded is None:
-                    loaded = load_model(mdir, device=cfg.device, max_seq_length=cfg.eval_max_seq_length)
+                    loaded = load_model(mdir, device=cfg.device, max_seq_length=cfg.eval_max_seq_length,
+                                        trust_remote_code=cfg.trust_remote_code)
                 stage.start()
                 result = evaluate_model(loaded, ds, top_k=cfg.top_k, precision=cfg.precision,
                                         batch_size=cfg.eval_batch_size, include_run=False, model_name=mdir,
