@@ -174,7 +174,7 @@ class FiniteGradientCallback(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if grads and not all(torch.isfinite(g).all() for g in grads):
+        if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all().item():  # one device sync
             step = state.global_step + 1
             if self.mode == "stop":
                 raise NonFiniteError(f"non-finite gradient at step {step}")
