@@ -19,6 +19,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+#: taken when a benchmark starts (this module is imported first), before it loads the CPU itself
+START_LOAD = [round(x, 2) for x in os.getloadavg()]
+START_DATE = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 SCIFACT = Path(os.environ.get("BENCH_SCIFACT", "/work/shared/data/beir/scifact"))
@@ -97,8 +101,8 @@ def machine_info() -> dict:
         "memory_gib": mem,
         "platform": platform.platform(),
         "versions": versions(),
-        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "date_utc": START_DATE,
+        "load_average_at_start": START_LOAD,
     }
 
 
@@ -136,7 +140,8 @@ def write_result(name: str, payload: dict, *, quick: bool) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / (f"{name}.quick.json" if quick else f"{name}.json")
     payload = {"benchmark": name, "quick": quick, "command": " ".join([Path(sys.executable).name] + sys.argv),
-               "machine": machine_info(), **payload, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+               "machine": machine_info(), **payload, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+               "date_utc_end": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     os.replace(tmp, path)

@@ -23,10 +23,13 @@ Variants (all return L2-normalized float32):
   sizes (the batch-size lever).
 - ``st_autocast_bf16``: plain ``model.encode`` inside ``torch.autocast("cpu", bfloat16)``.
 - ``bf16_weights``: a copy of the model cast to bfloat16 (no autocast; LayerNorm/softmax in bf16).
+- ``st_autocast_fp16`` / ``fp16_weights``: the same with float16 (CPUs with AVX512-FP16 run fp16
+  matmuls natively; dpo-retrieval's ``--precision`` refuses fp16 on CPU today).
+- ``int8_dynamic``: ``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear`` (VNNI int8).
 - ``pretok_bf16``: every text tokenized once up front, then only the forward passes are timed
   under autocast (isolates the tokenizer's share).
 - ``openvino_bf16`` / ``openvino_fp32``: the transformer converted with ``openvino.convert_model``
-  and compiled for CPU with INFERENCE_PRECISION_HINT bf16/f32 (mean pooling + normalize in
+  (and ``openvino_fp16``) and compiled for CPU with INFERENCE_PRECISION_HINT bf16/f32/f16 (mean pooling + normalize in
   numpy); only when ``import openvino`` works. (sentence-transformers' own ``backend="openvino"``
   needs optimum-intel; this is the same runtime without it.)
 
@@ -95,6 +98,34 @@ def make_variants(model, batch_size: int, names: list[str]):
 
         variants["bf16_weights"] = bf16_weights
 
+    def st_autocast16(texts, task="document"):
+        with torch.autocast("cpu", dtype=torch.float16):
+            emb = model.encode(texts, batch_size=batch_size, normalize_embeddings=False, convert_to_tensor=True,
+                               show_progress_bar=False)
+        return torch.nn.functional.normalize(emb.float(), dim=1).numpy()
+
+    variants["st_autocast_fp16"] = st_autocast16
+
+    if "fp16_weights" in names:
+        fp16_model = copy.deepcopy(model).to(torch.float16)
+
+        def fp16_weights(texts, task="document"):
+            emb = fp16_model.encode(texts, batch_size=batch_size, normalize_embeddings=False, convert_to_tensor=True,
+                                    show_progress_bar=False)
+            return torch.nn.functional.normalize(emb.float(), dim=1).numpy()
+
+        variants["fp16_weights"] = fp16_weights
+
+    if "int8_dynamic" in names:
+        int8_model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+
+        def int8_dynamic(texts, task="document"):
+            emb = int8_model.encode(texts, batch_size=batch_size, normalize_embeddings=False, convert_to_tensor=True,
+                                    show_progress_bar=False)
+            return torch.nn.functional.normalize(emb.float(), dim=1).numpy()
+
+        variants["int8_dynamic"] = int8_dynamic
+
     variants["pretok_bf16"] = "pretok"  # built per text list (tokenizing is outside the timing)
 
     if any(n.startswith("openvino") for n in names):
@@ -134,9 +165,13 @@ def openvino_variants(model, batch_size):
         ov_model = ov.convert_model(am, example_input=ex)
     core = ov.Core()
     out = {}
-    for hint in ("bf16", "f32"):
-        compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": hint,
-                                                        "PERFORMANCE_HINT": "LATENCY"})
+    for hint in ("bf16", "f32", "f16"):
+        try:
+            compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": hint,
+                                                            "PERFORMANCE_HINT": "LATENCY"})
+        except RuntimeError as err:
+            print(f"(openvino {hint} unavailable: {str(err).splitlines()[0]})")
+            continue
         names = [i.get_any_name() for i in compiled.inputs]
 
         def fn(texts, task="document", compiled=compiled, names=names):
@@ -152,7 +187,7 @@ def openvino_variants(model, batch_size):
                 res[idx] = emb / np.linalg.norm(emb, axis=1, keepdims=True)
             return res
 
-        out["openvino_bf16" if hint == "bf16" else "openvino_fp32"] = fn
+        out[{"bf16": "openvino_bf16", "f32": "openvino_fp32", "f16": "openvino_fp16"}[hint]] = fn
     return out
 
 
@@ -180,13 +215,14 @@ def main(argv=None):
     ap.add_argument("--variants", default="st_fp32,ours_auto,ours_bf16,ours_auto_bs16,ours_auto_bs128,"
                                           "bf16_weights,openvino_bf16,openvino_fp32",
                     help="comma list; also available: ours_fp32, ours_{auto,bf16}_bs{16,32,128,256}, "
-                         "st_autocast_bf16, pretok_bf16")
+                         "st_autocast_bf16, st_autocast_fp16, fp16_weights, int8_dynamic, openvino_fp16, pretok_bf16")
     ap.add_argument("--check-variants", default="best",
                     help="variants that also get the full-corpus pass (cosine over all docs + nDCG@10); 'best' = "
                          "ours_auto plus the fastest other variant with subsample cosine >= 0.999, if faster")
     ap.add_argument("--scaling", default="100,200,400", help="corpus sizes for the scaling table ('' = skip)")
     ap.add_argument("--no-full", action="store_true", help="skip the full-corpus pass")
     ap.add_argument("--full-limit", type=int, default=None, help="smoke-test the full pass on the first N docs")
+    ap.add_argument("--tag", default="", help="write results/bench_encode.<tag>.json (extra runs)")
     args = ap.parse_args(argv)
     if args.quick:
         args.sample, args.repeats, args.no_full, args.scaling = min(args.sample, 120), 1, True, "60,120"
@@ -328,7 +364,7 @@ def main(argv=None):
     }
     print(f"\ngoal: {goal['goal']}\n  ours_auto speedup {goal['ratio'] and round(goal['ratio'], 3)}; "
           f"fastest variant with cos>=0.999: {goal['best_variant']}")
-    write_result("bench_encode", {
+    write_result("bench_encode" + (f".{args.tag}" if args.tag else ""), {
         "dataset": str(SCIFACT), "model": "all-MiniLM-L6-v2", "max_seq_length": 256, "batch_size": args.batch_size,
         "auto_precision_resolved_to": auto_precision,
         "sample_docs": len(sample), "seed": args.seed, "repeats": args.repeats,

@@ -89,6 +89,7 @@ def main(argv=None):
                     help="';'-separated FAISS factory strings; {nlist} = 4*sqrt(n) rounded to a power of two")
     ap.add_argument("--target-recall", type=float, default=0.99)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="", help="write results/bench_search.<tag>.json (e.g. 1m)")
     args = ap.parse_args(argv)
     if args.quick:
         args.sizes, args.queries, args.repeats, args.ef, args.nprobe = "20000", 200, 1, "32,128", "4,32"
@@ -175,7 +176,7 @@ def main(argv=None):
         del docs, queries
         gc.collect()
 
-    write_result("bench_search", {
+    write_result("bench_search" + (f".{args.tag}" if args.tag else ""), {
         "dim": DIM, "k": args.k, "queries": args.queries, "repeats": args.repeats, "seed": args.seed,
         "data": "synthetic: Gaussian cluster mixture (n/100 clusters, spread 0.6), L2-normalized",
         "target_recall": args.target_recall, "rows": results, "recommendations": recommendations,
