@@ -65,6 +65,7 @@ class CompareConfig:
     policy: str = field(default="linear", metadata={"help": "DPO policy"})
     loss_type: str = field(default="sigmoid", metadata={"help": "DPO loss type"})
     label_smoothing: float = field(default=0.0, metadata={"help": "cDPO epsilon"})
+    dropout: str = field(default="on", metadata={"help": "dropout while training every loss: on or off"})
     mining: MineConfig = field(default_factory=MineConfig, metadata={"help": "mining settings"})
     show_progress_bar: bool = field(default=True, metadata={"help": "progress bars"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from model directories"})
@@ -80,6 +81,8 @@ class CompareConfig:
             raise UserInputError("--max-triplets: must be > 0")
         from dpo_retrieval.training import POLICY_DEFAULTS
 
+        if self.dropout not in ("on", "off"):
+            raise UserInputError(f"--dropout: choose on or off, got {self.dropout!r}")
         if self.policy not in POLICY_DEFAULTS:
             raise UserInputError(f"--policy: choose linear or sigmoid, got {self.policy!r}")
         defaults = POLICY_DEFAULTS[self.policy]  # recorded in the report as the values actually used
@@ -212,11 +215,12 @@ def run_compare(cfg: CompareConfig) -> dict:
         tcfg = TrainConfig(
             triplets=str(train_file), output=str(out), model=cfg.model, loss=loss, beta=cfg.beta, scale=cfg.scale,
             policy=cfg.policy, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing, epochs=cfg.epochs,
+            dropout=cfg.dropout,
             batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, max_seq_length=cfg.train_max_seq_length,
             seed=cfg.seed, device=cfg.device, precision=cfg.precision, show_progress_bar=cfg.show_progress_bar,
             logging_steps=1, save_steps=50, trust_remote_code=cfg.trust_remote_code)
-        key = {"data": data_stage.hash, "base": base_key, "train": {k: v for k, v in dataclasses.asdict(tcfg).items()
-                                                                      if k not in ("output", "show_progress_bar")}}
+        key = {"data": data_stage.hash, "base": base_key, "train": {k: v for k, v in dataclasses.asdict(tcfg.resolved()).items()
+                                                                      if k not in ("triplets", "output", "show_progress_bar")}}
         stage = Stage(run / "models" / f"{loss}.stage.json", key)
         model_stages[loss] = stage.hash
         model_dirs[loss] = str(out)

@@ -80,6 +80,14 @@ def test_compare_end_to_end_then_skips_every_stage(tmp_path, tiny_model_path, ca
     assert main(compare_args(tiny_model_path, data, out, "--eval-datasets", str(ood))) == 0
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
+    # A moved run directory is still up to date (no stage key holds a path inside the run).
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    before = {moved / p.relative_to(out): t for p, t in before.items()}
+    out, model_file = moved, moved / model_file.relative_to(out)
+    assert main(compare_args(tiny_model_path, data, out, "--eval-datasets", str(ood))) == 0
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
     # Changing a training setting retrains the losses but keeps the mined triplets and base evaluation.
     triplets_mtime = (out / "mine" / "triplets.jsonl").stat().st_mtime_ns
     base_eval = out / "eval" / "base" / "tiny.json"

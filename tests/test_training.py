@@ -48,6 +48,7 @@ def test_train_saves_a_loadable_model_and_a_log(tmp_path, tiny_model_path, loss)
         assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= set(steps[-1])
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 4 and summary["config"]["loss"] == loss
+    assert summary["config"]["dropout"] == "on"
     assert loss in (out / "README.md").read_text()  # the model card names the loss
 
 
@@ -75,6 +76,25 @@ def test_dpo_training_widens_the_positive_negative_margin(tmp_path, tiny_model_p
     before, after = _mean_margin(tiny_model_path), _mean_margin(out)
     assert after > before, (before, after)
     assert [r for r in read_log(out) if "loss" in r][-1]["rewards/margins"] > 0
+
+
+@pytest.mark.parametrize("dropout", ["off", "on"])
+def test_dpo_starts_at_log2_only_without_dropout(tmp_path, tiny_model_path, dropout):
+    """Step 1's loss is computed before any update, with the policy equal to the reference: exactly
+    log 2 and zero margin when dropout is off; with dropout on, its noise moves both."""
+    import math
+
+    out = tmp_path / dropout
+    assert main(train_args(tiny_model_path, write_jsonl(tmp_path / "t.jsonl"), out, "--batch-size", "6",
+                           "--max-steps", "1", "--dropout", dropout)) == 0
+    first = [r for r in read_log(out) if "loss" in r][0]
+    if dropout == "off":
+        assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)
+        assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-3)
+    else:
+        assert abs(first["loss"] - math.log(2)) > 1e-3
+    saved = SentenceTransformer(str(out), device="cpu")
+    assert saved[0].auto_model.config.hidden_dropout_prob == 0.1  # the saved config keeps its dropout
 
 
 def test_bad_triplets_fail_cleanly_without_output(tmp_path, tiny_model_path, capsys):
