@@ -1,0 +1,40 @@
+"""Paired comparison of the same model across two `dpo-retrieval compare` run directories.
+
+Used for ablations (e.g. `--dropout on` vs `--dropout off`): for every model and evaluation set both
+runs hold, prints run A − run B on nDCG@10 over queries with the report's statistics (paired
+t-test, randomization test, 95% bootstrap interval).
+
+    python scripts/compare_runs.py runs/scifact-quick runs/scifact-quick-dropout-off
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dpo_retrieval.stats import compare_paired
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_a", type=Path, help="first compare run directory")
+    parser.add_argument("run_b", type=Path, help="second compare run directory")
+    parser.add_argument("--metric", default="ndcg@10", help="per-query metric (default: ndcg@10)")
+    args = parser.parse_args()
+    print("| model | eval set | A | B | A − B | 95% CI | p (t-test) | p (randomization) | queries |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for path_a in sorted(args.run_a.glob("eval/*/*.json")):
+        if path_a.name.endswith(".stage.json"):
+            continue
+        path_b = args.run_b / path_a.relative_to(args.run_a)
+        if not path_b.is_file():
+            continue
+        per_a, per_b = (json.loads(p.read_text())["per_query"] for p in (path_a, path_b))
+        r = compare_paired({q: s[args.metric] for q, s in per_a.items()}, {q: s[args.metric] for q, s in per_b.items()})
+        print(f"| {path_a.parent.name} | {path_a.stem} | {r['mean_a']:.4f} | {r['mean_b']:.4f} | {r['diff']:+.4f} | "
+              f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['p_ttest']:.3g} | {r['p_randomization']:.3g} | {r['n_queries']} |")
+
+
+if __name__ == "__main__":
+    main()
