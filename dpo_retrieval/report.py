@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from dpo_retrieval.stats import bootstrap_ci, compare_paired
+from dpo_retrieval.stats import bootstrap_ci, compare_paired, holm
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +205,11 @@ def build_report(results: Mapping[str, Any], *, seed: int = 0, n_resamples: int 
                     logger.warning("%s: %s vs %s on %s not compared: %s", ds_name, a, b, metric, err)
                     continue
                 comparisons.append({"a": a, "b": b, "metric": metric, **stats})
+        # Holm over the comparisons of one metric on one dataset (the rows of one table), t-test p-values.
+        for metric in METRICS:
+            family = [c for c in comparisons if c["metric"] == metric]
+            for c, adjusted in zip(family, holm([c.get("p_ttest") for c in family])):
+                c["p_holm"] = adjusted
         datasets[str(ds_name)] = {"models": order, "rows": rows, "comparisons": comparisons}
 
     training = {}
@@ -265,13 +270,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         if comps:
             out += [f"Paired differences A − B over queries, with {pct}% CI:", ""]
             header = ["A − B", "Metric", "A", "B", "Diff", f"{pct}% CI", "p (t-test)",
-                      "p (randomization)", "Queries"]
+                      "p (Holm)", "p (randomization)", "Queries"]
             rows = [[f"{c['a']} − {c['b']}", METRIC_LABELS.get(c["metric"], c["metric"]),
                      fmt_metric(c.get("mean_a")), fmt_metric(c.get("mean_b")), fmt_diff(c.get("diff")),
                      f"[{fmt_diff(c.get('ci_low'))}, {fmt_diff(c.get('ci_high'))}]",
-                     fmt_p(c.get("p_ttest")), fmt_p(c.get("p_randomization")), str(c.get("n_queries"))]
+                     fmt_p(c.get("p_ttest")), fmt_p(c.get("p_holm")), fmt_p(c.get("p_randomization")),
+                     str(c.get("n_queries"))]
                     for c in comps]
-            out += _table(header, ["l", "l"] + ["r"] * 7, rows) + [""]
+            out += _table(header, ["l", "l"] + ["r"] * 8, rows) + [""]
 
     training = report.get("training") or {}
     if training:
@@ -295,7 +301,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"random sign, {n_res} times; p = share with |mean| at least the observed one, counting the "
         f"observed (smallest possible p is 1/{n_res + 1 if isinstance(n_res, int) else 'n+1'}); exact "
         "over all sign patterns when there are few queries.",
-        "- p-values are not corrected for multiple comparisons.",
+        "- p (Holm): the t-test p-value after Holm's step-down correction over the comparisons of the "
+        "same metric on the same dataset (the family-wise error rate); call a difference significant "
+        "only when this is below 0.05. The other p-values are uncorrected.",
         "",
         "## Config", "",
         "```json",

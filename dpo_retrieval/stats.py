@@ -9,6 +9,7 @@ Python floats/ints (JSON-serialisable) and, for the resampling tests, determinis
 * :func:`randomization_test` - two-sided paired sign-flip permutation test on the mean difference.
 * :func:`bootstrap_ci` - percentile bootstrap CI of a mean (or of the mean paired difference).
 * :func:`compare_paired` - all of the above for one pair of systems, as one flat dict.
+* :func:`holm` - Holm's step-down adjustment of a family of p-values (multiple comparisons).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["paired_ttest", "randomization_test", "bootstrap_ci", "compare_paired"]
+__all__ = ["paired_ttest", "randomization_test", "bootstrap_ci", "compare_paired", "holm"]
 
 # Resampling works in chunks of about this many matrix cells, so memory stays bounded
 # (10,000 resamples x 7,000 queries would otherwise be a 560 MB matrix).
@@ -253,3 +254,25 @@ def compare_paired(
         "p_randomization": rt["p"],
         "n_queries": int(x.size),
     }
+
+
+def holm(pvalues) -> list[float]:
+    """Holm's (1979) step-down adjusted p-values, in the input order.
+
+    The family's p-values sorted ascending, p_(i) is multiplied by (m - i) (i from 0), the running
+    maximum is taken and capped at 1. A comparison is significant at level alpha after correction
+    when its adjusted p is below alpha; this controls the family-wise error rate without assuming
+    independence. ``None``/NaN entries are left out of the family and come back as ``None``.
+    """
+    values = [None if p is None or not math.isfinite(float(p)) else float(p) for p in pvalues]
+    present = sorted((p, i) for i, p in enumerate(values) if p is not None)
+    for p, _ in present:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p-values must be in [0, 1], got {p}")
+    m = len(present)
+    out: list[float | None] = [None] * len(values)
+    running = 0.0
+    for rank, (p, i) in enumerate(present):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out

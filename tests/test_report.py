@@ -204,3 +204,24 @@ def test_write_report_replaces_existing_files(tmp_path):
     assert '"beta": 0.5' in second["report_md"].read_text()
     assert json.loads(first["report_json"].read_text())["config"]["beta"] == 0.5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics_nfcorpus.png", "report.json", "report.md"]
+
+
+def test_report_holm_corrects_within_each_metric_and_dataset():
+    from dpo_retrieval.report import build_report, render_markdown
+    from dpo_retrieval.stats import holm
+
+    rng = np.random.default_rng(0)
+    qids = [f"q{i}" for i in range(60)]
+    base = rng.uniform(0.2, 0.8, size=60)
+    models = {}
+    for name, shift in (("base", 0.0), ("dpo", 0.01), ("contrastive", 0.05)):
+        vals = np.clip(base + shift + rng.normal(0, 0.05, size=60), 0, 1)
+        models[name] = {"metrics": {"NDCG@10": float(vals.mean())},
+                        "per_query": {"NDCG@10": dict(zip(qids, vals.tolist()))}}
+    report = build_report({"dataset_runs": {"toy": {"models": models}}}, seed=0, n_resamples=200)
+    comps = [c for c in report["datasets"]["toy"]["comparisons"] if c["metric"] == "NDCG@10"]
+    assert len(comps) == 3
+    assert [c["p_holm"] for c in comps] == pytest.approx(holm([c["p_ttest"] for c in comps]))
+    assert all(c["p_holm"] >= c["p_ttest"] for c in comps)
+    md = render_markdown(report)
+    assert "p (Holm)" in md and "Holm's step-down correction" in md

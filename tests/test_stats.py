@@ -180,3 +180,18 @@ def test_compare_paired_identical_systems():
     assert res["diff"] == 0.0 and res["ci_low"] == 0.0 and res["ci_high"] == 0.0
     assert res["t"] == 0.0 and res["p_ttest"] == 1.0 and res["p_randomization"] == 1.0
     json.dumps(res, allow_nan=False)
+
+
+def test_holm_matches_the_step_down_definition():
+    from dpo_retrieval.stats import holm
+
+    # Sorted p 0.01, 0.02, 0.04 -> 3*0.01, max(0.03, 2*0.02), max(0.04, 1*0.04)
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    # Monotone and capped at 1; a lone p-value is unchanged.
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+    assert holm([0.03]) == pytest.approx([0.03])
+    # A p that is significant alone need not survive the correction.
+    assert holm([0.046, 0.002, 0.45])[0] > 0.05
+    assert holm([None, 0.01]) == [None, pytest.approx(0.01)]
+    with pytest.raises(ValueError):
+        holm([1.5])
