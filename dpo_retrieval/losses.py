@@ -6,11 +6,17 @@ The policy is a dual encoder E. The probability it gives passage p for query q i
     log pi(p | q) = a * s(q, p) + const    policy="linear"  (log of a softmax over candidates;
                                                              the normaliser cancels in DPO's difference)
 
-with s(q, p) = <E(q), E(p)> (a cosine when the model normalises, as all-MiniLM-L6-v2 does) and
-a = ``scale``. The reference is a frozen copy of the starting encoder. For a triplet (q, p+, p-):
+with s(q, p) the model's own similarity (its ``similarity_fn_name``: cosine, the default, or dot;
+the same score evaluation and the FAISS index use) and a = ``scale``. The reference is a frozen
+copy of the starting encoder. For a triplet (q, p+, p-):
 
     h = (log pi(p+|q) - log pi_ref(p+|q)) - (log pi(p-|q) - log pi_ref(p-|q))
     L = -log sigma(beta * h)                                       (Rafailov et al. 2023)
+
+Scores and the loss are computed in float32 with autocast off, whatever precision the encoder ran
+in: h is a small difference of two numbers of size ``a`` that bf16 (8 bits of mantissa) would round
+away. :func:`candidate_scores` is the one place query-passage scores are computed, for the policy
+and for the reference (precomputed and online).
 
 The contrastive baseline is sentence-transformers' ``MultipleNegativesRankingLoss``; it is not
 re-implemented here.
@@ -18,15 +24,64 @@ re-implemented here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dpo_retrieval.errors import UserInputError
+
+logger = logging.getLogger(__name__)
+
 POLICIES = ("sigmoid", "linear")
 LOSS_TYPES = ("sigmoid", "ipo")
+SIMILARITIES = ("cosine", "dot")
+
+
+def model_similarity(model) -> str:
+    """The similarity to score ``model`` with: its ``similarity_fn_name`` (None = cosine, as in
+    sentence-transformers); raises :class:`UserInputError` for one DPO does not support."""
+    name = getattr(model, "similarity_fn_name", None) or "cosine"
+    name = str(getattr(name, "value", name))
+    if name not in SIMILARITIES:
+        raise UserInputError(f"the model's similarity {name!r} is not supported for DPO scoring; "
+                             f"supported: {', '.join(SIMILARITIES)}")
+    return name
+
+
+def float32_math(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device`` (inputs must be cast to float32 by the caller)."""
+    device_type = torch.device(device).type
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _float32(t: Tensor) -> Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def candidate_scores(query_emb: Tensor, candidate_embs: Sequence[Tensor] | Tensor, similarity: str) -> Tensor:
+    """(B, 1+k) float32 scores of each query with its own positive and negatives.
+
+    ``candidate_embs`` is a list of (B, d) tensors (positive, negative_1..k) or one (B, 1+k, d)
+    tensor; ``similarity`` is "cosine" or "dot" (see :func:`model_similarity`). Computed from float32
+    embeddings with autocast off, so the result does not depend on the precision the encoder ran in.
+    """
+    if similarity not in SIMILARITIES:
+        raise UserInputError(f"similarity {similarity!r} is not supported for DPO scoring; "
+                             f"supported: {', '.join(SIMILARITIES)}")
+    with float32_math(query_emb.device):
+        q = query_emb.float()
+        c = candidate_embs.float() if isinstance(candidate_embs, Tensor) else torch.stack(
+            [e.float() for e in candidate_embs], dim=1)
+        if similarity == "cosine":
+            q, c = F.normalize(q, p=2, dim=-1), F.normalize(c, p=2, dim=-1)
+        return torch.einsum("bd,bkd->bk", q, c)
 
 
 def policy_logprob(scores: Tensor, *, scale: float, policy: str = "sigmoid") -> Tensor:
@@ -69,7 +124,8 @@ def dpo_loss(
     Returns:
         ``(losses, chosen_rewards, rejected_rewards)``: ``losses`` (B,) is the mean over each
         example's k pairs; rewards are ``beta * (log pi - log pi_ref)``, detached, shaped like the
-        positive and negative inputs.
+        positive and negative inputs (exactly 0 where the policy's score equals the reference's).
+        All float32 (half-precision inputs are upcast, autocast is off).
     """
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}")
@@ -77,6 +133,14 @@ def dpo_loss(
         raise ValueError(f"scale must be > 0, got {scale}")
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    with float32_math(policy_pos.device):
+        return _dpo_loss(_float32(policy_pos), _float32(policy_neg), _float32(ref_pos), _float32(ref_neg),
+                         beta=beta, scale=scale, policy=policy, loss_type=loss_type,
+                         label_smoothing=label_smoothing, reference_free=reference_free)
+
+
+def _dpo_loss(policy_pos, policy_neg, ref_pos, ref_neg, *, beta, scale, policy, loss_type, label_smoothing,
+              reference_free):
     neg_was_1d = policy_neg.dim() == 1
     if neg_was_1d:
         policy_neg, ref_neg = policy_neg.unsqueeze(-1), ref_neg.unsqueeze(-1)
@@ -104,11 +168,6 @@ def dpo_loss(
     if neg_was_1d:
         rejected_rewards = rejected_rewards.squeeze(-1)
     return losses, chosen_rewards, rejected_rewards
-
-
-def candidate_scores(query_emb: Tensor, candidate_embs: list[Tensor]) -> Tensor:
-    """(B, 1+k) dot products of each query with its own positive and negatives."""
-    return torch.einsum("bd,bkd->bk", query_emb, torch.stack(candidate_embs, dim=1))
 
 
 class DPOLoss(nn.Module):
@@ -142,6 +201,9 @@ class DPOLoss(nn.Module):
             reference: an :class:`~dpo_retrieval.reference.OnlineReference` that scores each batch
                 with a frozen encoder. Leave ``None`` when the reference scores come precomputed
                 in the dataset's ``label`` column (:func:`~dpo_retrieval.reference.add_reference_scores`).
+
+        Scores are the model's own similarity (``similarity_fn_name``: cosine or dot; others raise
+        :class:`~dpo_retrieval.errors.UserInputError`), computed in float32 with autocast off.
 
         Inputs:
             +--------------------------------------------------+---------------------------------------------+
@@ -189,6 +251,7 @@ class DPOLoss(nn.Module):
         if not beta > 0 or not scale > 0:
             raise ValueError(f"beta and scale must be > 0, got beta={beta}, scale={scale}")
         self.model = model
+        self.similarity = model_similarity(model)
         self.beta = beta
         self.scale = scale
         self.policy = policy
@@ -197,6 +260,10 @@ class DPOLoss(nn.Module):
         self.reference_free = reference_free
         # A plain object, not an nn.Module: the trainer must not train, save or move the frozen reference.
         self.reference = reference
+        ref_similarity = getattr(reference, "similarity", self.similarity)
+        if ref_similarity != self.similarity:
+            logger.warning("the reference scores with %s similarity, the policy with %s", ref_similarity,
+                           self.similarity)
         self._metric_sums: dict[str, float] = {}
         self._metric_count = 0
 
@@ -212,7 +279,7 @@ class DPOLoss(nn.Module):
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None) -> Tensor:
         if len(embeddings) < 3:
             raise ValueError(f"DPOLoss needs (anchor, positive, negative_1..k) columns, got {len(embeddings)}")
-        scores = candidate_scores(embeddings[0], embeddings[1:])  # (B, 1+k)
+        scores = candidate_scores(embeddings[0], embeddings[1:], self.similarity)  # (B, 1+k), float32
         if self.reference_free:
             ref = torch.zeros_like(scores)
         elif labels is None or labels.dim() != 2 or labels.shape != scores.shape:
@@ -222,7 +289,7 @@ class DPOLoss(nn.Module):
                 "add them with dpo_retrieval.reference.add_reference_scores or pass reference=OnlineReference(...)"
             )
         else:
-            ref = labels.to(scores.device, scores.dtype)
+            ref = labels.to(scores.device, torch.float32)
         losses, chosen, rejected = dpo_loss(
             scores[:, 0], scores[:, 1:], ref[:, 0], ref[:, 1:],
             beta=self.beta, scale=self.scale, policy=self.policy, loss_type=self.loss_type,
@@ -260,6 +327,7 @@ class DPOLoss(nn.Module):
             "loss_type": self.loss_type,
             "label_smoothing": self.label_smoothing,
             "reference_free": self.reference_free,
+            "similarity": self.similarity,
             "reference": "online" if self.reference is not None else "precomputed",
         }
 

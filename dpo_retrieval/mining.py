@@ -143,16 +143,28 @@ def mine_triplets(dataset, candidates: dict[str, list[tuple[str, float]]], qids:
 
 
 def _positive_scores(model, dataset, qids, embeddings_cache, precision) -> dict[tuple[str, str], float]:
+    """Each judged (query, document)'s score on the FAISS candidates' scale (``similarity_settings``:
+    cosine = inner product of normalized embeddings, dot = inner product, euclidean = -L2 distance),
+    so ``--margin`` compares like with like. The corpus rows come from the cache the candidates' index
+    was built from."""
     from dpo_retrieval.encoding import encode_texts
+    from dpo_retrieval.index import similarity_settings
 
+    _, normalize, metric = similarity_settings(model)
     corpus = np.load(embeddings_cache, mmap_mode="r")
     row = {d: i for i, d in enumerate(dataset.doc_ids)}
     q_emb = encode_texts(model, [dataset.queries[q] for q in qids], task="query", precision=precision,
-                         show_progress_bar=False)
+                         normalize_embeddings=normalize, show_progress_bar=False)
     out = {}
     for qi, q in enumerate(qids):
         for d in dataset.qrels.get(q, {}):
-            out[(q, d)] = float(np.dot(q_emb[qi], corpus[row[d]]))
+            doc = np.asarray(corpus[row[d]], dtype=np.float32)
+            if normalize:  # a no-op on the cache evaluate_model writes; safe on a raw one
+                doc = doc / max(float(np.linalg.norm(doc)), 1e-12)
+            if metric == "l2":
+                out[(q, d)] = -float(np.linalg.norm(q_emb[qi] - doc))
+            else:
+                out[(q, d)] = float(np.dot(q_emb[qi], doc))
     return out
 
 

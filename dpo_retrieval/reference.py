@@ -5,6 +5,9 @@ DPO compares the policy with a frozen reference encoder (by default the starting
 stores each row's reference scores in the ``label`` column as ``[ref_pos, ref_neg_1..k]`` and frees
 the reference, so a DPO step costs what a contrastive step costs. ``online`` keeps a frozen copy
 and scores every batch, for data too large to precompute.
+
+Both score with the reference model's own similarity (cosine or dot), through
+:func:`dpo_retrieval.losses.candidate_scores`, in float32: the same function DPO scores the policy with.
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ def add_reference_scores(dataset, reference_model, *, batch_size: int = 64, prec
     """Attach the reference's scores ``[s(q, pos), s(q, neg_1), ...]`` as the ``label`` column.
 
     Each distinct query is encoded once as a query and each distinct passage once as a document,
-    in eval mode without gradients. Returns ``(dataset_with_labels, stats)`` where ``stats`` counts
-    rows, texts and the distinct texts actually encoded.
+    in eval mode without gradients; scores are the model's similarity (cosine or dot, see
+    :func:`~dpo_retrieval.losses.candidate_scores`), in float32. Returns ``(dataset_with_labels, stats)``
+    where ``stats`` counts rows, texts and the distinct texts actually encoded.
     """
     from dpo_retrieval.encoding import encode_texts
+    from dpo_retrieval.losses import candidate_scores, model_similarity
 
     start = time.perf_counter()
+    similarity = model_similarity(reference_model)
     query_col, doc_cols = text_columns(dataset)
     queries = dataset[query_col]
     docs = {col: dataset[col] for col in doc_cols}
@@ -61,7 +67,7 @@ def add_reference_scores(dataset, reference_model, *, batch_size: int = 64, prec
                                  task="document", show_progress_bar=show_progress_bar)
     finally:
         reference_model.train(was_training)
-    scores = np.einsum("nd,nkd->nk", q_emb[q_ids], d_emb[d_ids]).astype(np.float32)
+    scores = candidate_scores(torch.from_numpy(q_emb[q_ids]), torch.from_numpy(d_emb[d_ids]), similarity).numpy()
 
     if LABEL_COLUMN in dataset.column_names:
         dataset = dataset.remove_columns(LABEL_COLUMN)
@@ -84,6 +90,9 @@ class OnlineReference:
     """
 
     def __init__(self, model) -> None:
+        from dpo_retrieval.losses import model_similarity
+
+        self.similarity = model_similarity(model)
         self.model = model
         self.model.eval()
         self.model.requires_grad_(False)
@@ -94,7 +103,7 @@ class OnlineReference:
 
     @torch.no_grad()
     def score(self, sentence_features) -> torch.Tensor:
-        """(B, 1+k) reference scores of each query with its own positive and negatives."""
+        """(B, 1+k) float32 reference scores of each query with its own positive and negatives."""
         from sentence_transformers.base.losses.merged_forward import embed_columns
 
         from dpo_retrieval.losses import candidate_scores
@@ -106,4 +115,4 @@ class OnlineReference:
         features = [{k: v for k, v in f.items() if k in ("input_ids", "attention_mask", "token_type_ids", "task")}
                     for f in sentence_features]
         embeddings = embed_columns(self.model, features)
-        return candidate_scores(embeddings[0], embeddings[1:]).float()
+        return candidate_scores(embeddings[0], embeddings[1:], self.similarity)

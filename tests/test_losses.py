@@ -126,3 +126,142 @@ def test_dpo_loss_module_on_tiny_encoder_logs_rewards_and_backpropagates(tiny_mo
     assert loss_fn.get_config_dict()["policy"] == "sigmoid" and "Rafailov" in loss_fn.citation
     with pytest.raises(ValueError, match="reference scores"):
         loss_fn(_features(tiny_model, columns), None)
+
+
+class _Cosine:  # a stand-in model for DPOLoss on fixed embeddings
+    similarity_fn_name = "cosine"
+
+
+def _fixed_batch(B=16, k=3, d=64, seed=0):
+    """Reference embeddings, policy embeddings a little away from them, fp32 reference labels."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    ref = [F.normalize(torch.randn(B, d, generator=g), dim=-1) for _ in range(1 + k)]
+    pol = [F.normalize(r + 0.05 * torch.randn(B, d, generator=g) / d ** 0.5, dim=-1) for r in ref]
+    labels = torch.stack([(ref[0] * r).sum(-1) for r in ref[1:]], dim=1)
+    return pol, labels
+
+
+@pytest.mark.parametrize("policy", ["linear", "sigmoid"])
+def test_dpo_loss_is_computed_in_float32_under_bf16_autocast(policy):
+    pol, labels = _fixed_batch()
+    bf16 = [p.to(torch.bfloat16) for p in pol]
+    loss_fn = DPOLoss(_Cosine(), beta=1.0, scale=20.0, policy=policy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = loss_fn.compute_loss_from_embeddings(bf16, labels.clone())
+    amp_metrics = loss_fn.pop_metrics()
+    fp32 = loss_fn.compute_loss_from_embeddings([b.float() for b in bf16], labels.clone())
+    fp32_metrics = loss_fn.pop_metrics()
+    assert amp.dtype == torch.float32
+    assert amp.item() == pytest.approx(fp32.item(), abs=1e-5)
+    assert amp_metrics == pytest.approx(fp32_metrics, abs=1e-5)
+
+
+def test_dpo_forward_under_bf16_autocast_matches_fp32(tiny_model):
+    """The whole forward (encoder included) under CPU bf16 autocast: a float32 loss within 1e-3 of fp32."""
+    columns = [["what causes cancer", "does sleep increase risk", "how does insulin work"],
+               ["mutation causes cancer cells", "sleep and heart disease risk", "insulin signal pathway"],
+               ["the water fiber", "vitamin and infants", "white matter in the brain"]]
+    tiny_model.eval()
+    with torch.no_grad():
+        embs = [tiny_model.encode(c, convert_to_tensor=True) for c in columns]
+        labels = torch.stack([(embs[0] * e).sum(-1) for e in embs[1:]], dim=1)
+        for p in tiny_model.parameters():  # move the policy away from the reference
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    loss_fn = DPOLoss(tiny_model, beta=1.0, scale=20.0, policy="linear")
+    with torch.no_grad():
+        fp32 = loss_fn(_features(tiny_model, columns), labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            amp = loss_fn(_features(tiny_model, columns), labels)
+    assert amp.dtype == torch.float32
+    assert abs(fp32.item() - math.log(2)) > 1e-3
+    assert amp.item() == pytest.approx(fp32.item(), abs=1e-3)
+
+
+def test_online_reference_returns_float32_scores_under_bf16_autocast(tiny_model):
+    from dpo_retrieval.reference import OnlineReference
+
+    columns = [["what causes cancer", "does sleep increase risk"],
+               ["mutation causes cancer cells", "sleep and heart disease risk"],
+               ["the water fiber", "vitamin and infants"]]
+    ref = OnlineReference.frozen_copy(tiny_model)
+    feats = _features(tiny_model, columns)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ref.score(feats)
+        from sentence_transformers.base.losses.merged_forward import embed_columns
+
+        with torch.no_grad():
+            embs = embed_columns(ref.model, _features(tiny_model, columns))
+    assert got.dtype == torch.float32
+    want = torch.stack([(embs[0].float() * e.float()).sum(-1) for e in embs[1:]], dim=1)  # normalized: cos = dot
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_reward_metrics_are_exactly_zero_when_policy_equals_reference(tiny_model):
+    """h = 0: rewards/chosen, /rejected, /margins and /accuracies (chosen > rejected) are exactly 0."""
+    from dpo_retrieval.losses import candidate_scores
+
+    pol, _ = _fixed_batch(k=2)
+    loss_fn = DPOLoss(_Cosine(), beta=3.0, scale=20.0, policy="sigmoid")
+    labels = candidate_scores(pol[0], pol[1:], "cosine")  # the reference scores the same embeddings
+    loss = loss_fn.compute_loss_from_embeddings(pol, labels)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    metrics = loss_fn.pop_metrics()
+    assert metrics == {"rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/margins": 0.0,
+                       "rewards/accuracies": 0.0}
+    # the same through forward with an online reference equal to the (eval-mode) policy
+    from dpo_retrieval.reference import OnlineReference
+
+    tiny_model.eval()
+    columns = [["what causes cancer", "how does insulin work"], ["mutation causes cancer cells", "insulin signal"],
+               ["the water fiber", "vitamin and infants"], ["birth weight", "the rna of mice"]]
+    online = DPOLoss(tiny_model, beta=3.0, scale=20.0, reference=OnlineReference.frozen_copy(tiny_model))
+    online(_features(tiny_model, columns), None)
+    assert set(online.pop_metrics().values()) == {0.0}
+
+
+def test_dpo_loss_with_two_negatives_matches_the_independent_formula():
+    """k = 2 through DPOLoss on un-normalized embeddings: s is the cosine, h per negative, loss averaged."""
+    g = torch.Generator().manual_seed(3)
+    embs = [torch.randn(4, 8, generator=g) * 3 for _ in range(4)]  # anchor, positive, negative_1, negative_2
+    labels = torch.rand(4, 3, generator=g) * 2 - 1
+    beta, scale = 2.0, 10.0
+    loss_fn = DPOLoss(_Cosine(), beta=beta, scale=scale, policy="sigmoid")
+    got = loss_fn.compute_loss_from_embeddings(embs, labels)
+    cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))  # noqa: E731
+    want = []
+    for i in range(4):
+        s = [cos(embs[0][i], embs[j][i]) for j in (1, 2, 3)]  # positive, negative_1, negative_2
+        loss, _, _ = _reference_loss(s[0], s[1:], labels[i, 0].item(), labels[i, 1:].tolist(), beta=beta,
+                                     scale=scale, policy="sigmoid", loss_type="sigmoid", eps=0.0, ref_free=False)
+        want.append(loss)
+    assert got.item() == pytest.approx(sum(want) / 4, rel=1e-5)
+
+
+def test_bf16_is_allowed_on_cpu():
+    from dpo_retrieval.models import resolve_precision
+
+    assert resolve_precision("bf16", "cpu") == "bf16"
+
+
+@pytest.mark.parametrize("reference", ["precomputed", "online"])
+def test_a_bf16_training_step_matches_the_fp32_step(tmp_path, tiny_model_path, reference):
+    """CPU bf16 autocast: the first step's loss within 1e-3 of the fp32 step on the same batch."""
+    import json
+
+    from dpo_retrieval.training import TrainConfig, train
+
+    triplets = tmp_path / "t.jsonl"
+    triplets.write_text("".join(json.dumps({"query": q, "positive": p, "negative": n}) + "\n" for q, p, n in [
+        ("what causes cancer", "mutation causes cancer cells", "the water fiber"),
+        ("does sleep increase risk", "sleep and heart disease risk", "vitamin and infants"),
+        ("how does insulin work", "insulin signal pathway", "white matter in the brain")]))
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        out = train(TrainConfig(triplets=str(triplets), output=str(tmp_path / precision), model=tiny_model_path,
+                                precision=precision, max_steps=1, logging_steps=1, batch_size=3,
+                                max_seq_length=32, dropout="off", reference=reference, show_progress_bar=False))
+        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        losses[precision] = [r for r in log if "loss" in r][0]["loss"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], abs=1e-3), losses

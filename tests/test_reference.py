@@ -52,3 +52,44 @@ def test_precomputed_and_online_reference_give_the_same_loss(tiny_model):
     assert abs(pre.item() - np.log(2)) > 1e-3
     # the online copy is frozen
     assert not any(p.requires_grad for p in online.reference.model.parameters())
+
+
+ROWS_K2 = {
+    "anchor": ["what causes cancer", "does sleep increase risk", "how does insulin work", "is diabetes a risk"],
+    "positive": ["mutation causes cancer cells", "sleep and heart disease risk", "insulin signal pathway",
+                 "diabetes and insulin risk in women"],
+    "negative_1": ["the water fiber", "vitamin and infants", "white matter in the brain", "fiber and water"],
+    "negative_2": ["birth weight of infants", "the rna of mice", "drug dose effects in patients", "the water fiber"],
+}
+
+
+def test_two_negatives_get_three_reference_scores_per_row(tiny_model):
+    out, stats = add_reference_scores(Dataset.from_dict(ROWS_K2), tiny_model, precision="fp32",
+                                      show_progress_bar=False)
+    labels = np.array(out["label"])
+    assert labels.shape == (4, 3) and stats["texts"] == 16
+    q = tiny_model.encode_query(ROWS_K2["anchor"])
+    for j, col in enumerate(["positive", "negative_1", "negative_2"]):
+        want = np.diag(tiny_model.similarity(q, tiny_model.encode_document(ROWS_K2[col])).numpy())
+        np.testing.assert_allclose(labels[:, j], want, atol=1e-5)
+
+
+@pytest.mark.parametrize("reference", ["precomputed", "online"])
+def test_trainer_runs_dpo_with_two_negatives(tmp_path, tiny_model_path, reference):
+    import json
+
+    from dpo_retrieval.training import TrainConfig, train
+
+    path = tmp_path / "k2.jsonl"
+    path.write_text("".join(json.dumps(dict(zip(ROWS_K2, row))) + "\n" for row in zip(*ROWS_K2.values())))
+    out = train(TrainConfig(triplets=str(path), output=str(tmp_path / "out"), model=tiny_model_path,
+                            precision="fp32", max_steps=2, logging_steps=1, batch_size=2, max_seq_length=32,
+                            reference=reference, show_progress_bar=False))
+    steps = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and "rewards/margins" in r for r in steps)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 2
+    if reference == "precomputed":
+        assert summary["reference_precompute"]["texts"] == 16
