@@ -575,19 +575,17 @@ def _file_digest(path: Path, memo: dict | None) -> str:
     st_ = path.stat()
     key = (str(path.resolve()), st_.st_size, st_.st_mtime_ns)
     memo_key = "\0".join(map(str, key))
-    if key in _FILE_DIGESTS:
-        return _FILE_DIGESTS[key]
-    if memo is not None and memo_key in memo:
-        _FILE_DIGESTS[key] = memo[memo_key]
-        return memo[memo_key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    _FILE_DIGESTS[key] = h.hexdigest()
+    digest = _FILE_DIGESTS.get(key) or (memo or {}).get(memo_key)
+    if digest is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = h.hexdigest()
+    _FILE_DIGESTS[key] = digest
     if memo is not None:
-        memo[memo_key] = h.hexdigest()
-    return h.hexdigest()
+        memo[memo_key] = digest
+    return digest
 
 
 def model_files_digest(directory: str | os.PathLike, memo_file: str | os.PathLike | None = None) -> str:

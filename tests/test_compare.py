@@ -230,9 +230,13 @@ def test_model_id_is_the_weights_content_not_the_path(tmp_path, tiny_model_path)
     (copy / "checkpoints" / "checkpoint-2" / "model.safetensors").write_bytes(b"x")
     (copy / "train_log.jsonl").write_text("{}\n")
     memo = tmp_path / "hashes.json"
+    ev._FILE_DIGESTS.clear()  # as in a new process: the memo file is what remembers
     first = ev.model_id(tiny_model_path, memo_file=memo)
     assert first.startswith("files:") and ev.model_id(copy) == first
     assert len(json.loads(memo.read_text())) >= 5  # one remembered hash per file, keyed by path, size and mtime
+    ev._FILE_DIGESTS.clear()
+    memo_mtime = memo.stat().st_mtime_ns
+    assert ev.model_id(tiny_model_path, memo_file=memo) == first and memo.stat().st_mtime_ns == memo_mtime
     weights = copy / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
