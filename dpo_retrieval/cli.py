@@ -352,8 +352,9 @@ def _add_mine(sub) -> None:
     p = sub.add_parser(
         "mine", help="mine training triplets (hard negatives) from a BEIR train split",
         description="Positives are qrels with score > 0; hard negatives come from a rank window of the base "
-                    "model (FAISS) or BM25, never a judged document. Writes triplets.jsonl, train_qrels.tsv, "
-                    "dev_qrels.tsv (held-out train queries) and mining.json to --output.")
+                    "model (FAISS) or BM25, never a judged document. A train query whose text is a test query's (when "
+                    "the dataset has a test split) or a dev query's is dropped. Writes triplets.jsonl, "
+                    "train_qrels.tsv, dev_qrels.tsv (held-out train queries) and mining.json to --output.")
     p.add_argument("--dataset", required=True, help="BEIR dataset name or path (see evaluate --help)")
     p.add_argument("--split", default="train", help="qrels split to mine (default: train)")
     p.add_argument("--output", required=True, help="output directory")
@@ -366,14 +367,17 @@ def _add_mine(sub) -> None:
 
 def _run_mine(args) -> None:
     from dpo_retrieval.evaluation import load_beir
-    from dpo_retrieval.mining import mine
+    from dpo_retrieval.mining import mine, split_query_texts
     from dpo_retrieval.models import load_model
 
     cfg = _mine_config(args)
     dataset = load_beir(args.dataset, args.split)
+    # never train on a test query: train queries with a test query's text are dropped
+    test_texts = split_query_texts(dataset.path, "test") if args.split != "test" else []
     model = load_model(args.model, device=args.device, max_seq_length=args.max_seq_length or 256,
                        trust_remote_code=args.trust_remote_code)
-    info = mine(model, dataset, args.output, cfg, precision=args.precision, batch_size=args.batch_size)
+    info = mine(model, dataset, args.output, cfg, precision=args.precision, batch_size=args.batch_size,
+                exclude_texts=test_texts)
     logger.info("wrote %d triplets to %s", info["triplets"], Path(args.output) / "triplets.jsonl")
 
 

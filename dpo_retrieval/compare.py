@@ -4,10 +4,12 @@ Every stage writes under the run directory and records a hash of its inputs and 
 ``*.stage.json`` file beside its output; a re-run skips each stage whose hash still matches, and a
 training run that was interrupted resumes from its last checkpoint.
 
-    RUN/mine/                  triplets.jsonl, train_qrels.tsv, dev_qrels.tsv, mining.json
+    RUN/mine/                  triplets.jsonl, train_qrels.tsv, dev_qrels.tsv, mining.json (train queries
+                               with a test or dev query's text are dropped, and listed there)
     RUN/train_triplets.jsonl   the triplets every loss trains on (the preset's subsample)
     RUN/models/<loss>/         trained models (sentence-transformers format) + train_log.jsonl
-    RUN/embeddings/<model>/    corpus embeddings per model and dataset (reused by re-runs)
+    RUN/embeddings/<model>/    corpus embeddings per model and dataset (reused while their key matches)
+    RUN/file_hashes.json       sha256 of the base model's files per (path, size, mtime)
     RUN/eval/<model>/          metrics per dataset and split (JSON, with per-query scores)
     RUN/report.json, report.md, *.png
 """
@@ -37,6 +39,9 @@ PRESETS = {
     "quick": {"max_triplets": 256, "train_max_seq_length": 128, "epochs": 1.0, "batch_size": 32, "lr": 5e-5},
     "full": {"max_triplets": None, "train_max_seq_length": 256, "epochs": 1.0, "batch_size": 32, "lr": 2e-5},
 }
+#: TrainConfig fields only the DPO loss reads (training.build_loss / train): left out of the other
+#: losses' stage keys, so a DPO-only change does not retrain contrastive or dpr.
+DPO_ONLY = ("beta", "scale", "policy", "loss_type", "label_smoothing", "reference_free", "reference", "reference_model")
 METRIC_NAMES = {"ndcg@10": "NDCG@10", "recall@100": "Recall@100", "map@100": "MAP@100", "mrr@10": "MRR@10"}
 
 
@@ -155,19 +160,55 @@ def _to_report_entry(result: dict, train_time: float | None) -> dict:
     }
 
 
-def run_compare(cfg: CompareConfig) -> dict:
-    """Run (or resume) the whole comparison; returns what ``write_report`` returned."""
-    from dpo_retrieval.data import load_triplets, save_triplets
-    from dpo_retrieval.evaluation import evaluate_model, load_beir, write_json
-    from dpo_retrieval.mining import mine, subset_queries
-    from dpo_retrieval.models import load_model, resolve_model_path
-    from dpo_retrieval.report import write_report
-    from dpo_retrieval.training import TrainConfig, train
+def _train_config(cfg: CompareConfig, loss: str, output: Path, triplets: Path):
+    from dpo_retrieval.training import TrainConfig
+
+    return TrainConfig(
+        triplets=str(triplets), output=str(output), model=cfg.model, loss=loss, beta=cfg.beta, scale=cfg.scale,
+        policy=cfg.policy, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing, epochs=cfg.epochs,
+        dropout=cfg.dropout,
+        batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, max_seq_length=cfg.train_max_seq_length,
+        seed=cfg.seed, device=cfg.device, precision=cfg.precision, show_progress_bar=cfg.show_progress_bar,
+        logging_steps=1, save_steps=50, trust_remote_code=cfg.trust_remote_code)
+
+
+def check_options(cfg: CompareConfig) -> tuple[CompareConfig, str]:
+    """Every option check of the whole run, before any dataset or model is read or anything written:
+    the resolved config and the precision encoding and training really use (raises UserInputError)."""
+    from dpo_retrieval.models import resolve_device, resolve_precision
 
     cfg = cfg.resolved()
     run = Path(cfg.output)
+    for loss in cfg.losses:  # the same TrainConfig.resolved() that train() runs after mining
+        _train_config(cfg, loss, run / "models" / loss, run / "train_triplets.jsonl").resolved()
+    for ok, message in ((cfg.top_k > 0, f"--top-k: must be > 0, got {cfg.top_k}"),
+                        (cfg.eval_batch_size > 0, f"--eval-batch-size: must be > 0, got {cfg.eval_batch_size}"),
+                        (cfg.eval_max_seq_length > 0,
+                         f"--eval-max-seq-length: must be > 0, got {cfg.eval_max_seq_length}")):
+        if not ok:
+            raise UserInputError(message)
+    precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
     if run.exists() and not run.is_dir():
         raise UserInputError(f"--output: {run} exists and is not a directory")
+    return cfg, precision
+
+
+def run_compare(cfg: CompareConfig) -> dict:
+    """Run (or resume) the whole comparison; returns what ``write_report`` returned.
+
+    Stage keys (and the corpus-embeddings caches) hold :func:`~dpo_retrieval.evaluation.encoding_key`:
+    the model's weights (the base by a hash of its files, a trained model by its training stage's
+    hash), the resolved precision, a hash of the texts and the package version."""
+    from dpo_retrieval.data import load_triplets, save_triplets
+    from dpo_retrieval.evaluation import (corpus_digest, encoding_key, evaluate_model, load_beir, model_id,
+                                          texts_digest, write_json)
+    from dpo_retrieval.mining import mine, overlapping_queries, subset_queries
+    from dpo_retrieval.models import load_model, resolve_model_path
+    from dpo_retrieval.report import write_report
+    from dpo_retrieval.training import train
+
+    cfg, precision = check_options(cfg)
+    run = Path(cfg.output)
     started = time.perf_counter()
     # Load every dataset first: a bad name or file fails before anything is written.
     train_split = load_beir(cfg.dataset, "train")
@@ -175,14 +216,29 @@ def run_compare(cfg: CompareConfig) -> dict:
     base_path = resolve_model_path(cfg.model)
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    digests: dict[str, str] = {}
+
+    def docs_digest(ds) -> str:
+        if str(ds.path) not in digests:
+            digests[str(ds.path)] = corpus_digest(ds)
+        return digests[str(ds.path)]
+
+    def queries_digest(ds) -> str:
+        qids = sorted(ds.queries)
+        return texts_digest(qids, (ds.queries[q] for q in qids))
 
     # 1. mine ------------------------------------------------------------------------------------
     base = None
     mine_dir = run / "mine"
-    base_key = {"model": str(Path(base_path).resolve()) if Path(base_path).exists() else base_path}
+    base_id = model_id(base_path, memo_file=run / "file_hashes.json")
+    # never train on a test query (of the dataset or of any --eval-datasets set)
+    test_texts = [text for ds in test_sets for text in ds.queries.values()]
+    pool = [q for q in train_split.qrels if q in train_split.queries]
     mine_stage = Stage(run / "mine.stage.json", {
-        "dataset": _dataset_stamp(train_split.path), "base": base_key, "mining": dataclasses.asdict(cfg.mining),
-        "eval_max_seq_length": cfg.eval_max_seq_length, "precision": cfg.precision})
+        "dataset": _dataset_stamp(train_split.path), "encoding": encoding_key(base_id, precision, docs_digest(train_split)),
+        "queries": queries_digest(train_split), "mining": dataclasses.asdict(cfg.mining),
+        "dropped_test_overlap": overlapping_queries(pool, train_split.queries, test_texts),
+        "eval_max_seq_length": cfg.eval_max_seq_length})
     emb_dir = run / "embeddings"
     if mine_stage.done():
         logger.info("[mine] up to date, skipped (%s)", mine_dir)
@@ -191,7 +247,8 @@ def run_compare(cfg: CompareConfig) -> dict:
                           trust_remote_code=cfg.trust_remote_code)
         mine_stage.start()
         info = mine(base, train_split, mine_dir, cfg.mining, precision=cfg.precision, batch_size=cfg.eval_batch_size,
-                    embeddings_cache=emb_dir / "base" / f"{train_split.name}.npy")
+                    embeddings_cache=emb_dir / "base" / f"{train_split.name}.npy", exclude_texts=test_texts,
+                    model_key=base_id)
         mine_stage.finish(**info)
 
     # 2. the triplets every loss trains on ------------------------------------------------------
@@ -209,18 +266,15 @@ def run_compare(cfg: CompareConfig) -> dict:
     # 3. train --------------------------------------------------------------------------------
     train_times: dict[str, float] = {}
     model_dirs = {"base": base_path}
-    model_stages = {"base": fingerprint(base_key)}
+    model_stages = {"base": base_id}
     for loss in cfg.losses:
         out = run / "models" / loss
-        tcfg = TrainConfig(
-            triplets=str(train_file), output=str(out), model=cfg.model, loss=loss, beta=cfg.beta, scale=cfg.scale,
-            policy=cfg.policy, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing, epochs=cfg.epochs,
-            dropout=cfg.dropout,
-            batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, max_seq_length=cfg.train_max_seq_length,
-            seed=cfg.seed, device=cfg.device, precision=cfg.precision, show_progress_bar=cfg.show_progress_bar,
-            logging_steps=1, save_steps=50, trust_remote_code=cfg.trust_remote_code)
-        key = {"data": data_stage.hash, "base": base_key, "train": {k: v for k, v in dataclasses.asdict(tcfg.resolved()).items()
-                                                                      if k not in ("triplets", "output", "show_progress_bar")}}
+        tcfg = _train_config(cfg, loss, out, train_file)
+        settings = {k: v for k, v in dataclasses.asdict(tcfg.resolved()).items()
+                    if k not in ("triplets", "output", "show_progress_bar", "model")
+                    and (loss == "dpo" or k not in DPO_ONLY)}
+        # the training texts are the data stage's (its hash covers the mined triplets' key)
+        key = {"encoding": encoding_key(base_id, precision, data_stage.hash), "train": settings}
         stage = Stage(run / "models" / f"{loss}.stage.json", key)
         model_stages[loss] = stage.hash
         model_dirs[loss] = str(out)
@@ -247,9 +301,9 @@ def run_compare(cfg: CompareConfig) -> dict:
         for ds_name, ds in eval_sets:
             path = run / "eval" / name / f"{ds_name}.json"
             stage = Stage(path.with_suffix(".stage.json"), {
-                "model": model_stages[name], "dataset": _dataset_stamp(ds.path), "split": ds.split,
-                "queries": fingerprint(sorted(ds.queries)), "max_seq_length": cfg.eval_max_seq_length,
-                "precision": cfg.precision, "top_k": cfg.top_k})
+                "encoding": encoding_key(model_stages[name], precision, docs_digest(ds)),
+                "dataset": _dataset_stamp(ds.path), "split": ds.split, "queries": queries_digest(ds),
+                "max_seq_length": cfg.eval_max_seq_length, "top_k": cfg.top_k})
             if not (stage.done() and path.exists()):
                 if loaded is None:
                     loaded = load_model(mdir, device=cfg.device, max_seq_length=cfg.eval_max_seq_length,
@@ -258,7 +312,7 @@ def run_compare(cfg: CompareConfig) -> dict:
                 result = evaluate_model(loaded, ds, top_k=cfg.top_k, precision=cfg.precision,
                                         batch_size=cfg.eval_batch_size, include_run=False, model_name=mdir,
                                         embeddings_cache=emb_dir / name / f"{ds.path.name}.npy",
-                                        show_progress_bar=cfg.show_progress_bar)
+                                        show_progress_bar=cfg.show_progress_bar, model_key=model_stages[name])
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_json(result, path)
                 stage.finish()

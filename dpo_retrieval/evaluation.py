@@ -545,16 +545,124 @@ def write_json(obj, path: str | os.PathLike) -> Path:
 
 # ----------------------------------------------------------------------------------------------
 # the pipeline
-def _ids_digest(doc_ids: Iterable[str]) -> str:
-    h = hashlib.sha1()
-    for d in doc_ids:
-        h.update(d.encode("utf-8") + b"\0")
+#: Files of a model directory whose bytes determine its embeddings: weights, configs, tokenizer.
+MODEL_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.json", "*.txt", "*.model")
+#: What a trained model's directory holds besides the model (logs, resumable checkpoints).
+MODEL_DIR_SKIP = ("checkpoints", "train_log.jsonl", "train_summary.json")
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def package_version() -> str:
+    from dpo_retrieval import __version__
+
+    return __version__
+
+
+def texts_digest(ids: Iterable[str], texts: Iterable[str]) -> str:
+    """sha256 over ``(id, text)`` pairs in order: what a cache of their encodings depends on."""
+    h = hashlib.sha256()
+    for i, t in zip(ids, texts, strict=True):
+        h.update(i.encode("utf-8") + b"\0" + t.encode("utf-8") + b"\0")
     return h.hexdigest()
 
 
-def _cache_meta(doc_ids: list[str], model_settings: Mapping) -> dict:
+def corpus_digest(dataset: "BeirDataset") -> str:
+    """:func:`texts_digest` of a dataset's documents as encoded (ids and title + text strings)."""
+    return texts_digest(dataset.doc_ids, dataset.doc_texts())
+
+
+def _file_digest(path: Path, memo: dict | None) -> str:
+    st_ = path.stat()
+    key = (str(path.resolve()), st_.st_size, st_.st_mtime_ns)
+    memo_key = "\0".join(map(str, key))
+    digest = _FILE_DIGESTS.get(key) or (memo or {}).get(memo_key)
+    if digest is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = h.hexdigest()
+    _FILE_DIGESTS[key] = digest
+    if memo is not None:
+        memo[memo_key] = digest
+    return digest
+
+
+def model_files_digest(directory: str | os.PathLike, memo_file: str | os.PathLike | None = None) -> str:
+    """sha256 over a model directory's weight, config and tokenizer files (:data:`MODEL_FILE_PATTERNS`,
+    outside :data:`MODEL_DIR_SKIP`), with their relative paths. Each file's hash is remembered per
+    (path, size, mtime) in this process and, given ``memo_file``, in that JSON file across runs."""
+    root = Path(directory)
+    memo = None
+    if memo_file is not None:
+        try:
+            memo = json.loads(Path(memo_file).read_text())
+        except (OSError, ValueError):
+            memo = {}
+        before = dict(memo)
+    files = sorted({p for pattern in MODEL_FILE_PATTERNS for p in root.rglob(pattern)
+                    if p.is_file() and not set(p.relative_to(root).parts) & set(MODEL_DIR_SKIP)})
+    if not files:
+        raise UserInputError.at(root, None, "no model files (*.safetensors, *.bin, *.json) to identify the model by")
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + _file_digest(p, memo).encode() + b"\0")
+    if memo is not None and memo != before:
+        write_json(memo, memo_file)
+    return h.hexdigest()
+
+
+def state_dict_digest(model) -> str:
+    """sha256 over a loaded model's parameters and buffers (for a model with no directory to hash)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(name.encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update((t.view(torch.uint8) if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_id(name_or_path: str | os.PathLike | None, model=None, *, memo_file=None) -> str:
+    """What identifies a model's weights in a cache key: ``files:<sha256>`` of its directory, else
+    ``state:<sha256>`` of the loaded ``model``, else ``files:`` of a hub name's snapshot in the local hub
+    cache, else ``name:<name>`` (a hub name not cached locally: revisions cannot be told apart)."""
+    path = Path(str(name_or_path)).expanduser() if name_or_path is not None else None
+    if path is not None and path.is_dir():
+        return "files:" + model_files_digest(path, memo_file)
+    if model is not None:
+        return "state:" + state_dict_digest(model)
+    snapshot = _hub_snapshot(str(name_or_path)) if name_or_path is not None else None
+    if snapshot is not None:
+        return "files:" + model_files_digest(snapshot, memo_file)
+    return f"name:{name_or_path}"
+
+
+def _hub_snapshot(name: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        for repo in (name, f"sentence-transformers/{name}"):
+            found = try_to_load_from_cache(repo, "modules.json")
+            if isinstance(found, str):
+                return Path(found).parent
+    except Exception:  # noqa: BLE001 - a malformed name, no hub library: fall back to the name
+        return None
+    return None
+
+
+def encoding_key(model_id: str, precision: str, texts_digest: str, **extra) -> dict:
+    """The key of every cache of encodings (corpus embeddings, mined triplets, trained and evaluated
+    models): the model's weights, the resolved precision, the texts, the package version, and any
+    further field that changes the numbers (``extra``, e.g. a backend). One function for all caches."""
+    return {"model": model_id, "precision": precision, "texts": texts_digest, "version": package_version(),
+            **extra}
+
+
+def _cache_meta(doc_ids: list[str], model_settings: Mapping, key: Mapping | None = None) -> dict:
     keys = ("dimension", "max_seq_length", "similarity", "normalize_embeddings", "doc_join", "probe", "two_towers")
-    return {"doc_ids_sha1": _ids_digest(doc_ids), "count": len(doc_ids),
+    return {"count": len(doc_ids), "key": dict(key or {}),
             **{k: model_settings.get(k) for k in keys}, "model": model_settings.get("model")}
 
 
@@ -564,7 +672,7 @@ def _load_cached_embeddings(path: Path, expect: dict) -> np.ndarray | None:
         return None
     try:
         meta = json.loads(side.read_text())
-        same = all(meta.get(k) == v for k, v in expect.items() if k not in ("probe", "model"))
+        same = all(meta.get(k) == v for k, v in expect.items() if k not in ("probe", "model")) and bool(meta.get("key"))
         probe_ok = np.allclose(np.asarray(meta.get("probe") or [0.0]), np.asarray(expect.get("probe") or [1.0]),
                                atol=2e-3)
         emb = np.load(path, mmap_mode="r")
@@ -598,14 +706,17 @@ def evaluate_model(model, dataset: BeirDataset, *, top_k: int = 1000, k_values: 
                    batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "auto", factory: str = "Flat",
                    index=None, save_index: str | os.PathLike | None = None,
                    embeddings_cache: str | os.PathLike | None = None, model_name: str | None = None,
-                   show_progress_bar: bool | None = None, include_run: bool = True) -> dict:
+                   show_progress_bar: bool | None = None, include_run: bool = True,
+                   model_key: str | None = None) -> dict:
     """Encode the corpus and queries, search, and score one BEIR split.
 
     - ``index``: a :class:`~dpo_retrieval.index.FaissIndex` or an index directory to reuse
       (checked against ``model`` and the dataset's doc ids) instead of encoding the corpus.
     - ``save_index``: also save the index built here to that directory.
-    - ``embeddings_cache``: a ``.npy`` path: reused when it was made by the same model/settings
-      over the same corpus, else (re)written after encoding.
+    - ``embeddings_cache``: a ``.npy`` path: reused when its :func:`encoding_key` (model weights,
+      resolved precision, document texts, package version) and settings match, else (re)written.
+    - ``model_key``: what identifies the model in that key (e.g. its training stage's hash); default
+      :func:`model_id` of ``model_name`` or of the loaded weights.
 
     Returns ``{"dataset", "split", "model", "num_docs", "num_queries", "top_k", "factory",
     "precision", "metrics", "metrics_all", "per_query", "timings", "run" (if include_run)}``.
@@ -617,6 +728,7 @@ def evaluate_model(model, dataset: BeirDataset, *, top_k: int = 1000, k_values: 
     k_values = sorted(set(int(k) for k in k_values))
     timings: dict[str, float] = {}
     doc_ids = dataset.doc_ids
+    key = None
     settings = model_settings(model, model_name=model_name, precision=precision)
 
     if index is not None:
@@ -632,7 +744,10 @@ def evaluate_model(model, dataset: BeirDataset, *, top_k: int = 1000, k_values: 
         timings["encode_corpus_s"] = 0.0
     else:
         cache = Path(embeddings_cache) if embeddings_cache else None
-        expect = _cache_meta(doc_ids, settings)
+        if cache is not None:
+            key = encoding_key(model_key or model_id(model_name, model), resolved_precision(model, precision),
+                               corpus_digest(dataset))
+        expect = _cache_meta(doc_ids, settings, key)
         emb = _load_cached_embeddings(cache, expect) if cache is not None else None
         t0 = time.perf_counter()
         if emb is None:
@@ -676,6 +791,8 @@ def evaluate_model(model, dataset: BeirDataset, *, top_k: int = 1000, k_values: 
         "metrics": report_metrics(metrics_all), "metrics_all": metrics_all, "per_query": per_query,
         "timings": timings, "versions": index.meta.get("versions"),
     }
+    if key is not None:
+        result["encoding_key"] = key
     if include_run:
         result["run"] = run
     return result

@@ -69,14 +69,37 @@ def split_dev(qids, fraction: float, seed: int) -> tuple[list[str], list[str]]:
     return sorted(ordered[n_dev:]), sorted(ordered[:n_dev])
 
 
+def normalise_query(text: str) -> str:
+    """How query texts are compared across splits: whitespace runs collapsed, stripped, casefolded."""
+    return " ".join(text.split()).casefold()
+
+
+def overlapping_queries(qids, queries: dict[str, str], texts) -> list[str]:
+    """The ids among ``qids`` whose text (see :func:`normalise_query`) equals one of ``texts``, sorted."""
+    other = {normalise_query(t) for t in texts}
+    return sorted(q for q in qids if normalise_query(queries[q]) in other)
+
+
+def split_query_texts(dataset_path, split: str) -> list[str]:
+    """The texts of the queries judged in ``qrels/<split>.tsv`` of a BEIR folder ([] without that split)."""
+    from dpo_retrieval.evaluation import read_qrels, read_queries
+
+    path = Path(dataset_path)
+    if not (path / "qrels" / f"{split}.tsv").is_file():
+        return []
+    queries = read_queries(path / "queries.jsonl")
+    return [queries[q] for q in read_qrels(path / "qrels" / f"{split}.tsv") if q in queries]
+
+
 def dense_candidates(model, dataset, qids: list[str], depth: int, *, embeddings_cache=None,
-                     precision: str = "auto", batch_size: int = 64) -> dict[str, list[tuple[str, float]]]:
+                     precision: str = "auto", batch_size: int = 64,
+                     model_key: str | None = None) -> dict[str, list[tuple[str, float]]]:
     """Top-``depth`` documents per query from the model through an exact FAISS index."""
     from dpo_retrieval.evaluation import evaluate_model
 
     sub = subset_queries(dataset, qids)
     result = evaluate_model(model, sub, top_k=depth, k_values=(10,), precision=precision, batch_size=batch_size,
-                            embeddings_cache=embeddings_cache, include_run=True)
+                            embeddings_cache=embeddings_cache, include_run=True, model_key=model_key)
     return {q: sorted(hits.items(), key=lambda x: -x[1]) for q, hits in result["run"].items()}
 
 
@@ -179,24 +202,47 @@ def write_qrels(qrels: dict[str, dict[str, int]], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def leak_free_split(dataset, cfg: MineConfig, exclude_texts=()) -> tuple[list[str], list[str], dict]:
+    """``(train_qids, dev_qids, dropped)``: the dev split of :func:`split_dev`, then every query whose
+    text is one of ``exclude_texts`` (the test queries) dropped from both sides, and every train query
+    whose text is a dev query's dropped from train. ``dropped`` is what mining.json records."""
+    train_q, dev_q = split_dev([q for q in dataset.qrels if q in dataset.queries], cfg.dev_fraction, cfg.seed)
+    test_overlap = overlapping_queries(train_q + dev_q, dataset.queries, exclude_texts)
+    dev_q = [q for q in dev_q if q not in set(test_overlap)]
+    dev_overlap = overlapping_queries(train_q, dataset.queries, [dataset.queries[q] for q in dev_q])
+    gone = set(test_overlap) | set(dev_overlap)
+    train_q = [q for q in train_q if q not in gone]
+    dropped = {"dropped_test_overlap": {"count": len(test_overlap), "query_ids": test_overlap},
+               "dropped_dev_overlap": {"count": len(dev_overlap), "query_ids": dev_overlap}}
+    return train_q, dev_q, dropped
+
+
 def mine(model, dataset, output_dir, cfg: MineConfig, *, embeddings_cache=None, precision: str = "auto",
-         batch_size: int = 64) -> dict:
+         batch_size: int = 64, exclude_texts=(), model_key: str | None = None) -> dict:
     """Mine ``dataset`` (a BEIR train split) into ``output_dir``: ``triplets.jsonl``, ``train_qrels.tsv``,
-    ``dev_qrels.tsv`` and ``mining.json`` (settings and counts). Returns the ``mining.json`` content."""
+    ``dev_qrels.tsv`` and ``mining.json`` (settings and counts). Returns the ``mining.json`` content.
+
+    ``exclude_texts``: query texts never to train on or hold out for dev (the test queries); a train
+    query with one of these texts (or with a dev query's text) is dropped, and mining.json says which.
+    ``model_key``: identifies ``model`` in the embeddings cache's key (see ``evaluation.encoding_key``)."""
     from dpo_retrieval.data import save_triplets
 
     cfg.check()
     start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    train_q, dev_q = split_dev([q for q in dataset.qrels if q in dataset.queries], cfg.dev_fraction, cfg.seed)
+    train_q, dev_q, dropped = leak_free_split(dataset, cfg, list(exclude_texts))
+    for what, rec in dropped.items():
+        if rec["count"]:
+            logger.info("%s: %d train queries (%s)", what.replace("_", " "), rec["count"],
+                        ", ".join(rec["query_ids"][:10]) + (" ..." if rec["count"] > 10 else ""))
     if not train_q:
         raise UserInputError(f"{dataset.path}: no train queries with judgments to mine")
     if cfg.source == "dense":
         if embeddings_cache is None:
             embeddings_cache = output_dir / "corpus_embeddings.npy"
         candidates = dense_candidates(model, dataset, train_q, cfg.rank_max, embeddings_cache=embeddings_cache,
-                                      precision=precision, batch_size=batch_size)
+                                      precision=precision, batch_size=batch_size, model_key=model_key)
         pos_scores = (_positive_scores(model, dataset, train_q, embeddings_cache, precision)
                       if cfg.margin is not None else None)
     else:
@@ -213,7 +259,7 @@ def mine(model, dataset, output_dir, cfg: MineConfig, *, embeddings_cache=None, 
     write_qrels({q: dataset.qrels[q] for q in dev_q}, output_dir / "dev_qrels.tsv")
     info = {
         "dataset": str(dataset.path), "split": dataset.split, "settings": asdict(cfg),
-        "train_queries": len(train_q), "dev_queries": len(dev_q), **counts,
+        "train_queries": len(train_q), "dev_queries": len(dev_q), **dropped, **counts,
         "seconds": round(time.perf_counter() - start, 2),
     }
     tmp = output_dir / "mining.json.tmp"

@@ -15,7 +15,9 @@ TOPICS = ["cancer", "sleep", "insulin", "virus", "brain", "heart", "vitamin", "d
           "immune", "blood", "fiber", "water", "rna", "dna", "mice", "drug", "dose", "gene"]
 
 
-def write_tiny_beir(root: Path, *, seed: int = 0, with_train: bool = True) -> Path:
+def write_tiny_beir(root: Path, *, seed: int = 0, with_train: bool = True, test_duplicate: bool = False) -> Path:
+    """20 topics, 2 docs each; queries q0..q19, a third of them test. ``test_duplicate`` adds train query
+    ``qdup`` whose text is test query q0's (in other case and spacing): a verbatim test leak."""
     rng = random.Random(seed)
     root.mkdir(parents=True)
     (root / "qrels").mkdir()
@@ -27,6 +29,9 @@ def write_tiny_beir(root: Path, *, seed: int = 0, with_train: bool = True) -> Pa
         q = {"_id": f"q{i}", "text": f"what is the {topic} effect"}
         queries.append(q)
         (train if i % 3 else test).append((q["_id"], f"d{i}-0"))
+    if test_duplicate:
+        queries.append({"_id": "qdup", "text": "  What is the CANCER effect "})
+        train.append(("qdup", "d0-1"))
     (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
     for split, rows in (("train", train), ("test", test)):
@@ -116,3 +121,148 @@ def test_stage_records_hash_and_status(tmp_path):
     assert stage.done() and stage.info()["rows"] == 3
     assert not Stage(tmp_path / "x.stage.json", {"a": 2}).done()
     assert fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1})
+
+
+def _mtimes(paths):
+    return {p: p.stat().st_mtime_ns for p in paths}
+
+
+def test_compare_reencodes_exactly_the_retrained_model(tmp_path, tiny_model_path):
+    """Issue 10: a setting that changes only the DPO model (label smoothing) retrains DPO and re-encodes
+    its corpus, while the base's and contrastive's embeddings and evaluations are reused. A low learning
+    rate keeps the two DPO models close, so a check that only compares a probe sentence's embedding
+    (within 2e-3) cannot tell them apart and would reuse the stale embeddings."""
+    import numpy as np
+
+    data = write_tiny_beir(tmp_path / "tiny", test_duplicate=True)
+    out = tmp_path / "run"
+    args = compare_args(tiny_model_path, data, out, "--lr", "1e-6")
+    assert main(args) == 0
+    emb = {name: out / "embeddings" / name / "tiny.npy" for name in ("base", "dpo", "contrastive")}
+    evals = {name: out / "eval" / name / "tiny.json" for name in ("base", "dpo", "contrastive")}
+    assert all(p.exists() for p in [*emb.values(), *evals.values()])
+    meta = json.loads(Path(str(emb["dpo"]) + ".json").read_text())
+    assert {"model", "precision", "texts", "version"} <= set(meta["key"]) and meta["key"]["precision"] == "fp32"
+    old_dpo = np.load(emb["dpo"]).copy()
+    old_dpo_eval = json.loads(evals["dpo"].read_text())
+    kept = _mtimes([emb["base"], emb["contrastive"], evals["base"], evals["contrastive"],
+                    out / "mine" / "triplets.jsonl", out / "models" / "contrastive" / "model.safetensors"])
+    dpo_before = _mtimes([emb["dpo"], evals["dpo"], out / "models" / "dpo" / "model.safetensors"])
+
+    assert main([*args, "--label-smoothing", "0.01"]) == 0
+    assert _mtimes(kept) == kept, "base/contrastive/mining were redone"
+    changed = [p.name for p, t in dpo_before.items() if p.stat().st_mtime_ns == t]
+    assert not changed, f"not redone for dpo: {changed}"
+    new_dpo = np.load(emb["dpo"])
+    assert not np.array_equal(new_dpo, old_dpo), "the dpo corpus embeddings were reused from the first model"
+    new_dpo_eval = json.loads(evals["dpo"].read_text())
+    assert new_dpo_eval["encoding_key"] != old_dpo_eval["encoding_key"]
+
+    # the verbatim test query in the train split (qdup = q0) is never trained on, nor is any dev query
+    mining = json.loads((out / "mine" / "mining.json").read_text())
+    assert mining["dropped_test_overlap"] == {"count": 1, "query_ids": ["qdup"]}
+    queries = {json.loads(l)["_id"]: json.loads(l)["text"] for l in (data / "queries.jsonl").read_text().splitlines()}
+    dev = {queries[l.split("\t")[0]] for l in (out / "mine" / "dev_qrels.tsv").read_text().splitlines()[1:]}
+    test = {queries[l.split("\t")[0]] for l in (data / "qrels" / "test.tsv").read_text().splitlines()[1:]}
+    norm = lambda t: t.strip().casefold()  # noqa: E731
+    for name in ("mine/triplets.jsonl", "train_triplets.jsonl"):
+        anchors = {json.loads(l)["anchor"] for l in (out / name).read_text().splitlines()}
+        assert anchors and not {norm(a) for a in anchors} & {norm(t) for t in dev | test}, name
+
+
+BAD_TRAINING_OPTIONS = [
+    (["--warmup", "-1"], "--warmup"), (["--beta", "-1"], "--beta"), (["--lr", "0"], "--lr"),
+    (["--label-smoothing", "0.7"], "--label-smoothing"), (["--batch-size", "0"], "--batch-size"),
+    (["--epochs", "0"], "--epochs"), (["--precision", "fp16", "--device", "cpu"], "--precision"),
+]
+
+
+@pytest.mark.parametrize("extra, option", BAD_TRAINING_OPTIONS, ids=[o for _, o in BAD_TRAINING_OPTIONS])
+def test_compare_bad_training_option_fails_before_anything(extra, option, tmp_path, tiny_model_path, capsys,
+                                                           monkeypatch):
+    import dpo_retrieval.evaluation
+    import dpo_retrieval.mining
+
+    def boom(*a, **k):
+        raise AssertionError("reached a dataset or mining before checking the training options")
+
+    monkeypatch.setattr(dpo_retrieval.mining, "mine", boom)
+    monkeypatch.setattr(dpo_retrieval.evaluation, "load_beir", boom)
+    data = write_tiny_beir(tmp_path / "tiny")
+    out = tmp_path / "run"
+    try:
+        code = main(compare_args(tiny_model_path, data, out, *extra))
+    except SystemExit as exc:  # argparse's own checks
+        code = exc.code
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and option in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", [{"beta": -1.0}, {"lr": 0.0}, {"label_smoothing": 0.7}, {"batch_size": 0},
+                                 {"warmup": -1.0}, {"epochs": 0.0}, {"top_k": 0}, {"eval_batch_size": 0}],
+                         ids=lambda d: next(iter(d)))
+def test_run_compare_checks_training_options_first(bad, tmp_path, tiny_model_path, monkeypatch):
+    import dpo_retrieval.evaluation
+    import dpo_retrieval.mining
+    from dpo_retrieval.compare import CompareConfig, run_compare
+    from dpo_retrieval.errors import UserInputError
+
+    def boom(*a, **k):
+        raise AssertionError("reached a dataset or mining before checking the training options")
+
+    monkeypatch.setattr(dpo_retrieval.mining, "mine", boom)
+    monkeypatch.setattr(dpo_retrieval.evaluation, "load_beir", boom)
+    out = tmp_path / "run"
+    with pytest.raises(UserInputError):
+        run_compare(CompareConfig(dataset=str(tmp_path / "tiny"), output=str(out), model=tiny_model_path, **bad))
+    assert not out.exists()
+
+
+def test_model_id_is_the_weights_content_not_the_path(tmp_path, tiny_model_path):
+    import shutil
+
+    from dpo_retrieval import evaluation as ev
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_path, copy)
+    (copy / "checkpoints" / "checkpoint-2").mkdir(parents=True)  # a trained model's leftovers do not count
+    (copy / "checkpoints" / "checkpoint-2" / "model.safetensors").write_bytes(b"x")
+    (copy / "train_log.jsonl").write_text("{}\n")
+    memo = tmp_path / "hashes.json"
+    ev._FILE_DIGESTS.clear()  # as in a new process: the memo file is what remembers
+    first = ev.model_id(tiny_model_path, memo_file=memo)
+    assert first.startswith("files:") and ev.model_id(copy) == first
+    assert len(json.loads(memo.read_text())) >= 5  # one remembered hash per file, keyed by path, size and mtime
+    ev._FILE_DIGESTS.clear()
+    memo_mtime = memo.stat().st_mtime_ns
+    assert ev.model_id(tiny_model_path, memo_file=memo) == first and memo.stat().st_mtime_ns == memo_mtime
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert ev.model_id(copy) != first
+    assert ev.model_id("no-such-model") == "name:no-such-model"
+
+
+def test_embeddings_cache_key_holds_model_precision_texts_and_version(tmp_path, tiny_model, monkeypatch):
+    from dpo_retrieval import evaluation as ev
+
+    data = write_tiny_beir(tmp_path / "tiny")
+    ds = ev.load_beir(str(data), "test")
+    cache = tmp_path / "emb.npy"
+
+    def encoded(dataset=ds, **kw) -> bool:
+        args = dict(top_k=5, precision="fp32", embeddings_cache=cache, model_key="A", show_progress_bar=False)
+        return ev.evaluate_model(tiny_model, dataset, **{**args, **kw})["timings"]["encode_corpus_s"] > 0
+
+    assert encoded() and not encoded()
+    assert encoded(model_key="B") and not encoded(model_key="B")
+    assert encoded(model_key="A", precision="bf16") and not encoded(precision="bf16")
+    edited = ev.load_beir(str(data), "test")
+    edited.corpus["d0-0"] = {"title": "cancer study", "text": "an edited text, same doc ids"}
+    assert encoded(edited) and not encoded(edited)
+    monkeypatch.setattr(ev, "package_version", lambda: "999")
+    assert encoded(edited)
+    meta = json.loads(Path(str(cache) + ".json").read_text())
+    assert meta["key"] == ev.encoding_key("A", "fp32", ev.corpus_digest(edited)) and meta["key"]["version"] == "999"
