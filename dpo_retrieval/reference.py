@@ -111,8 +111,9 @@ class OnlineReference:
         device = sentence_features[0]["input_ids"].device
         if next(self.model.parameters()).device != device:
             self.model.to(device)
-        # Fresh dicts: modules write their outputs into the features they are given.
-        features = [{k: v for k, v in f.items() if k in ("input_ids", "attention_mask", "token_type_ids", "task")}
-                    for f in sentence_features]
+        # Fresh dicts: modules write their outputs into the features they are given. prompt_length (set
+        # when the trainer adds prompts) lets a Pooling with include_prompt=False leave the prompt out.
+        keep = ("input_ids", "attention_mask", "token_type_ids", "task", "prompt_length")
+        features = [{k: v for k, v in f.items() if k in keep} for f in sentence_features]
         embeddings = embed_columns(self.model, features)
         return candidate_scores(embeddings[0], embeddings[1:], self.similarity)

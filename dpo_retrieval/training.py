@@ -137,6 +137,9 @@ class PreferenceTrainer(SentenceTransformerTrainer):
         super().__init__(*args, **kwargs)
         self.on_nonfinite = on_nonfinite
         self.skipped_batches = 0
+        for cb in self.callback_handler.callbacks:
+            if isinstance(cb, FiniteGradientCallback):
+                cb.trainer = self  # it reads the accelerator's gradient scaler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = super().compute_loss(model, inputs, return_outputs=return_outputs,
@@ -157,10 +160,13 @@ class PreferenceTrainer(SentenceTransformerTrainer):
         pop = getattr(self.loss, "pop_metrics", None)
         if pop is not None and "loss" in logs:
             logs.update(pop())
-        skipped = self.skipped_batches + sum(cb.skipped for cb in self.callback_handler.callbacks
-                                             if isinstance(cb, FiniteGradientCallback))
+        guards = [cb for cb in self.callback_handler.callbacks if isinstance(cb, FiniteGradientCallback)]
+        skipped = self.skipped_batches + sum(cb.skipped for cb in guards)
         if skipped:  # non-finite losses and non-finite gradients alike
             logs["skipped_batches"] = skipped
+        scaler_skipped = sum(cb.scaler_skipped for cb in guards)
+        if scaler_skipped:  # fp16 overflows the loss scaler skipped (its business, not the guard's)
+            logs["scaler_skipped_steps"] = scaler_skipped
         super().log(logs, *args, **kwargs)
 
 
@@ -186,13 +192,30 @@ class JsonlLogCallback(TrainerCallback):
 
 
 class FiniteGradientCallback(TrainerCallback):
-    """Stops (or skips the update) when a gradient is NaN/inf, before the optimizer applies it."""
+    """Stops (or skips the update) when a gradient is NaN/inf, before the optimizer applies it.
+
+    Under fp16 mixed precision a gradient scaler (``GradScaler``) is active, and an overflow is its
+    routine: its initial scale (65536) is meant to overflow, the scaler then skips the step and lowers
+    the scale. There the guard stands aside: it never stops and never zeroes the gradients (that would
+    hide the overflow from the scaler); it only counts the steps the scaler skipped (``scaler_skipped``),
+    apart from the batches it skipped itself (``skipped``). fp32 and bf16 have no scaler.
+    """
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.skipped = 0
+        self.scaler_skipped = 0
+        self.trainer = None  # set by PreferenceTrainer; its accelerator holds the scaler
+        self._scale_before: float | None = None
+
+    def _scaler(self):
+        return getattr(getattr(self.trainer, "accelerator", None), "scaler", None)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        scaler = self._scaler()
+        if scaler is not None:  # the scaler checks the gradients and skips the step itself
+            self._scale_before = scaler.get_scale()
+            return control
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all().item():  # one device sync
             step = state.global_step + 1
@@ -204,6 +227,19 @@ class FiniteGradientCallback(TrainerCallback):
                 p.grad = None
         return control
 
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        # The scaler lowers its scale exactly when it found inf/NaN and skipped the update. (accelerate's
+        # ``optimizer_step_was_skipped`` misses that with fused optimizers such as transformers' default
+        # adamw_torch_fused, which receive the step call and skip inside it.)
+        scaler, before = self._scaler(), self._scale_before
+        self._scale_before = None
+        if scaler is not None and before is not None and scaler.get_scale() < before:
+            self.scaler_skipped += 1
+            logger.info("step %d: fp16 gradient overflow; the loss scaler skipped the update and lowered its "
+                        "scale to %g (%d such steps so far)", state.global_step + 1, scaler.get_scale(),
+                        self.scaler_skipped)
+        return control
+
 
 def _plain(value):
     if isinstance(value, torch.Tensor):
@@ -211,6 +247,26 @@ def _plain(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def task_prompt(model, task: str) -> str | None:
+    """The prompt ``model.encode_query`` (``task="query"``) or ``model.encode_document``
+    (``task="document"``) prepends, resolved the way sentence-transformers does; None for none."""
+    prompts = getattr(model, "prompts", None) or {}
+    names = ("query",) if task == "query" else ("document", "passage", "corpus")
+    name = next((n for n in names if n in prompts), getattr(model, "default_prompt_name", None))
+    return (prompts.get(name) or None) if name is not None else None
+
+
+def training_prompts(model, query_col: str, doc_cols: list[str]) -> dict[str, str]:
+    """sentence-transformers' per-column ``prompts`` training argument: the query column gets the
+    model's query prompt, the positive/negative columns its document prompt, so the policy trains on
+    the texts the reference, mining and evaluation encode. Empty when the model has no prompts."""
+    query, document = task_prompt(model, "query"), task_prompt(model, "document")
+    prompts = {query_col: query} if query else {}
+    if document:
+        prompts.update({col: document for col in doc_cols})
+    return prompts
 
 
 def build_loss(cfg: TrainConfig, model, reference=None):
@@ -332,13 +388,19 @@ def train(cfg: TrainConfig) -> Path:
             reference = OnlineReference(ref_model) if ref_model is not None else OnlineReference.frozen_copy(model)
     elif "label" in dataset.column_names:
         dataset = dataset.remove_columns("label")
+    query_col, *doc_cols = [c for c in dataset.column_names if c != "label"]
+    prompts = training_prompts(model, query_col, doc_cols)
     if cfg.separate_towers and not has_two_towers(model):
+        shared = model
         model = make_two_towers(model)
+        model.prompts, model.default_prompt_name = dict(shared.prompts), shared.default_prompt_name
+        del shared
     if cfg.dropout == "off":
         logger.info("dropout off in %d modules", disable_dropout(model))
 
     loss = build_loss(cfg, model, reference)
-    query_col, *doc_cols = [c for c in dataset.column_names if c != "label"]
+    if prompts:
+        logger.info("training with the model's prompts: %s", prompts)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=cfg.epochs,
@@ -358,6 +420,7 @@ def train(cfg: TrainConfig) -> Path:
         use_cpu=device == "cpu",
         batch_sampler=BatchSamplers.NO_DUPLICATES,  # duplicate texts would poison in-batch negatives
         router_mapping=({query_col: "query", **{c: "document" for c in doc_cols}} if has_two_towers(model) else {}),
+        prompts=prompts or None,  # the texts encode_query/encode_document see (reference, mining, evaluation)
         report_to="none",
         disable_tqdm=not cfg.show_progress_bar,
         dataloader_drop_last=False,
@@ -393,6 +456,7 @@ def train(cfg: TrainConfig) -> Path:
         "train_loss": result.training_loss,
         "reference_precompute": ref_stats,
         "skipped_batches": trainer.skipped_batches + grad_guard.skipped,
+        "scaler_skipped_steps": grad_guard.scaler_skipped,
     }
     tmp = output / "train_summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2, default=str))

@@ -138,3 +138,39 @@ def test_train_real_minilm_on_scifact_triplets(tmp_path, beir_data):
     model = SentenceTransformer(str(out), device="cpu")
     assert model.encode(["hi"]).shape == (1, 384)
     assert read_log(out)[-1]["step"] == 2
+
+
+def test_fp16_scaler_overflow_is_left_to_the_scaler(tmp_path, tiny_model_path, monkeypatch):
+    """fp16 AMP, simulated on CPU with a real GradScaler in the accelerator: an inf gradient is the
+    scaler's routine overflow (at its initial scale 65536). Under the default --on-nonfinite stop the
+    run goes on, the guard neither stops nor zeroes the gradients (the scaler must see the inf to skip
+    the step and back off), and the skipped step is counted apart from the guard's skipped batches."""
+    import torch
+
+    from dpo_retrieval import training
+
+    made = {}
+    make_accelerator = training.PreferenceTrainer.create_accelerator_and_postprocess
+
+    def with_scaler(self):
+        make_accelerator(self)
+        self.accelerator.scaler = made["scaler"] = torch.amp.GradScaler("cpu", init_scale=65536.0)
+
+    step = training.PreferenceTrainer.training_step
+
+    def overflow_on_first_step(self, model, inputs, *args, **kwargs):
+        loss = step(self, model, inputs, *args, **kwargs)
+        if self.state.global_step == 0:
+            next(p for p in model.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
+        return loss
+
+    monkeypatch.setattr(training.PreferenceTrainer, "create_accelerator_and_postprocess", with_scaler)
+    monkeypatch.setattr(training.PreferenceTrainer, "training_step", overflow_on_first_step)
+    out = tmp_path / "fp16"
+    assert main(train_args(tiny_model_path, write_jsonl(tmp_path / "t.jsonl"), out, "--max-steps", "2")) == 0
+    assert made["scaler"].get_scale() == 32768.0  # the scaler saw the overflow, skipped and backed off once
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["scaler_skipped_steps"] == 1 and summary["skipped_batches"] == 0
+    steps = [r for r in read_log(out) if "loss" in r]
+    assert [r.get("scaler_skipped_steps") for r in steps] == [1, 1]
+    assert not any("skipped_batches" in r for r in steps)

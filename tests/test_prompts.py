@@ -1,0 +1,87 @@
+"""Issue 10: a model with query/document prompts trains on the prompted inputs the reference,
+mining and evaluation encode (``encode_query``/``encode_document``), and keeps its prompts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from dpo_retrieval.training import TrainConfig, train
+
+PROMPTS = {"query": "query: ", "document": "passage: "}
+TRIPLETS = [
+    ("what causes cancer", "mutation causes cancer cells", "the water fiber"),
+    ("does sleep increase risk", "sleep and heart disease risk", "vitamin and infants"),
+    ("how does insulin work", "insulin signal pathway", "white matter in the brain"),
+    ("can a virus cause infection", "virus infection and immune response", "birth weight of infants"),
+    ("what is the effect of the drug", "drug dose effects in patients", "the rna of mice"),
+    ("is diabetes a risk", "diabetes and insulin risk in women", "fiber and water"),
+]
+
+
+def _prompted_model(tiny_model_path, path: Path, *, include_prompt: bool = True) -> str:
+    from transformers import BertTokenizerFast
+
+    model = SentenceTransformer(tiny_model_path, device="cpu")
+    # conftest's tokenizer (``vocab_file=``) loads an empty vocabulary under transformers 5, so every
+    # word is [UNK] and "query: " reads like "passage: ". Give the words their ids.
+    words = (Path(tiny_model_path).parent / "hf" / "vocab.txt").read_text().split()
+    model[0].processor = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
+    assert model.tokenizer.tokenize("query: what") == ["query", ":", "what"]
+    model.prompts = dict(PROMPTS)
+    model[1].include_prompt = include_prompt  # Pooling: False leaves the prompt tokens out of the mean
+    model.save(str(path))
+    return str(path)
+
+
+def _triplets(path: Path) -> str:
+    path.write_text("".join(json.dumps({"query": q, "positive": p, "negative": n}) + "\n" for q, p, n in TRIPLETS))
+    return str(path)
+
+
+@pytest.mark.parametrize("reference,include_prompt,towers", [
+    ("precomputed", True, False),
+    ("online", True, False),
+    ("online", False, False),  # the online reference must pool the policy's way (prompt_length)
+    ("precomputed", True, True),  # two towers keep the prompts
+])
+def test_prompted_model_starts_at_the_reference(tmp_path, tiny_model_path, reference, include_prompt, towers):
+    """Step 1 is scored before any update with the policy equal to the reference: with dropout off
+    the DPO loss is exactly log 2, which it is only if the trainer feeds the policy the same prompted
+    texts that ``encode_query``/``encode_document`` (and the online reference) see."""
+    model = _prompted_model(tiny_model_path, tmp_path / "prompted", include_prompt=include_prompt)
+    out = tmp_path / "out"
+    train(TrainConfig(triplets=_triplets(tmp_path / "t.jsonl"), output=str(out), model=model, loss="dpo",
+                      reference=reference, separate_towers=towers, dropout="off", max_steps=1, logging_steps=1,
+                      batch_size=6, max_seq_length=32, precision="fp32", device="cpu", show_progress_bar=False))
+    first = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)][0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-3)
+    saved = SentenceTransformer(str(out), device="cpu")  # evaluation after training uses the prompts too
+    assert {k: saved.prompts.get(k) for k in PROMPTS} == PROMPTS
+
+
+def test_online_reference_scores_the_prompted_texts(tmp_path, tiny_model_path, monkeypatch):
+    """The online reference re-encodes the trainer's token ids: those carry the prompts."""
+    from dpo_retrieval.reference import OnlineReference
+
+    seen = []
+    original = OnlineReference.score
+
+    def spy(self, sentence_features):
+        tok = self.model.tokenizer
+        seen.append([tok.decode(f["input_ids"][0], skip_special_tokens=True) for f in sentence_features])
+        return original(self, sentence_features)
+
+    monkeypatch.setattr(OnlineReference, "score", spy)
+    model = _prompted_model(tiny_model_path, tmp_path / "prompted")
+    train(TrainConfig(triplets=_triplets(tmp_path / "t.jsonl"), output=str(tmp_path / "out"), model=model,
+                      reference="online", dropout="off", max_steps=1, batch_size=6, max_seq_length=32,
+                      precision="fp32", device="cpu", show_progress_bar=False))
+    (query, *docs), = seen
+    assert query.startswith("query :") and all(d.startswith("passage :") for d in docs), seen
