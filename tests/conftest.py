@@ -36,12 +36,16 @@ def _write_tiny_model(root: Path) -> Path:
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
     BertModel(config).save_pretrained(hf_dir)
-    BertTokenizerFast(vocab_file=str(hf_dir / "vocab.txt"), do_lower_case=True).save_pretrained(hf_dir)
+    # transformers 5 ignores vocab_file= here (every word would be [UNK]); pass the vocab itself.
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    tokenizer.save_pretrained(hf_dir)
     transformer = Transformer(str(hf_dir), max_seq_length=64)
     model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean"),
                                          Normalize()], device="cpu")
     out = root / "st"
     model.save(str(out))
+    unknown = model.tokenizer("the cell protein")["input_ids"].count(vocab.index("[UNK]"))
+    assert unknown == 0, "the tiny test tokenizer maps known words to [UNK]"
     return out
 
 

@@ -24,13 +24,7 @@ TRIPLETS = [
 
 
 def _prompted_model(tiny_model_path, path: Path, *, include_prompt: bool = True) -> str:
-    from transformers import BertTokenizerFast
-
     model = SentenceTransformer(tiny_model_path, device="cpu")
-    # conftest's tokenizer (``vocab_file=``) loads an empty vocabulary under transformers 5, so every
-    # word is [UNK] and "query: " reads like "passage: ". Give the words their ids.
-    words = (Path(tiny_model_path).parent / "hf" / "vocab.txt").read_text().split()
-    model[0].processor = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
     assert model.tokenizer.tokenize("query: what") == ["query", ":", "what"]
     model.prompts = dict(PROMPTS)
     model[1].include_prompt = include_prompt  # Pooling: False leaves the prompt tokens out of the mean
