@@ -10,6 +10,9 @@ ablation is written by scripts/compare_runs.py from the two quick runs.
     DPO_RETRIEVAL_DATA=../shared/data/beir python scripts/readme_results.py quick full  # some
 
 Wall times are only comparable when the machine was otherwise idle: check `load_average_start`.
+The dropout and full runs start from a copy of the quick run's mining and base-model corpus
+embeddings (same base model, seed and mining settings, so the same stage keys): they re-mine nothing,
+and their wall time covers training and evaluation only (`reused_mining_from` says so).
 """
 
 from __future__ import annotations
@@ -51,12 +54,31 @@ def _write(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+QUICK_DIR = ROOT / "runs" / "scifact-quick"
+
+
+def reuse_mining(out_dir: Path) -> bool:
+    """Copy the quick run's mining stage and base corpus embeddings into a new run directory."""
+    if out_dir.exists() or not (QUICK_DIR / "mine.stage.json").exists():
+        return False
+    out_dir.mkdir(parents=True)
+    shutil.copytree(QUICK_DIR / "mine", out_dir / "mine")
+    shutil.copy2(QUICK_DIR / "mine.stage.json", out_dir / "mine.stage.json")
+    if (QUICK_DIR / "embeddings" / "base").is_dir():
+        shutil.copytree(QUICK_DIR / "embeddings" / "base", out_dir / "embeddings" / "base")
+    (out_dir / "REUSED_MINING").write_text("mine/ and embeddings/base/ copied from runs/scifact-quick\n")
+    return True
+
+
 def run_one(name: str) -> None:
     exe = shutil.which("dpo-retrieval") or str(Path(sys.executable).with_name("dpo-retrieval"))
     args = RUNS[name]
     command = "dpo-retrieval compare " + " ".join(args)
     out_dir = ROOT / args[args.index("--output") + 1]
     resumed = (out_dir / "config.json").exists()
+    if name != "scifact_quick":
+        reuse_mining(out_dir)
+    reused = (out_dir / "REUSED_MINING").exists()
     print(f"[{name}] {command}" + (" (resuming)" if resumed else ""), flush=True)
     load_start = os.getloadavg()
     start = time.perf_counter()
@@ -68,6 +90,7 @@ def run_one(name: str) -> None:
         "environment": "DPO_RETRIEVAL_DATA=../shared/data/beir (BEIR folder), HF_HUB_OFFLINE=1",
         "wall_time_s": round(wall, 1),
         "resumed_from_an_earlier_invocation": resumed,
+        "reused_mining_from": "runs/scifact-quick" if reused else None,
         "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "cpu": cpu_model(),
