@@ -88,9 +88,12 @@ def _add_train(sub) -> None:
                     "triplets with the DPO loss or the contrastive baseline, and save it in "
                     "sentence-transformers format.")
     p.add_argument("--triplets", required=True,
-                   help="triplet file: .jsonl/.json (query/positive/negative or negatives:[...]), "
-                        ".tsv/.csv (query, positive, negative[, negative...] with or without header), "
-                        ".parquet, or a saved HF datasets directory; id triplets need --corpus/--queries")
+                   help="triplet file: .jsonl/.json (query/positive/negative or negatives:[...]; FlagEmbedding "
+                        "query/pos/neg; Tevatron positive_passages/negative_passages; sentence-transformers "
+                        "anchor/positive/negative_1..k or query/answer/negative*), .tsv/.csv (query, positive, "
+                        "negative[, negative...] with or without header), .parquet, a saved HF datasets "
+                        "directory, or a dataset name (org/name, hf://org/name[:config]) for "
+                        "datasets.load_dataset; id triplets need --corpus/--queries")
     p.add_argument("--corpus", help="BEIR corpus.jsonl to resolve id triplets (query_id, positive_id, negative_id)")
     p.add_argument("--queries", help="BEIR queries.jsonl to resolve id triplets")
     p.add_argument("--output", required=True, help="directory for the trained model, train_log.jsonl and checkpoints")
@@ -144,6 +147,11 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> None:
+    from dpo_retrieval.data import load_triplets
+
+    # Check every triplet before torch and sentence-transformers are imported (seconds) and the model is
+    # loaded; train() loads the file again from the HF datasets cache this fills.
+    load_triplets(args.triplets, corpus=args.corpus, queries=args.queries)
     from dpo_retrieval.training import TrainConfig, train
 
     cfg = dataclasses.replace(TrainConfig.from_namespace(args), show_progress_bar=not args.quiet)
@@ -208,12 +216,13 @@ def _add_index(sub) -> None:
 
 
 def _run_index(args) -> None:
-    from dpo_retrieval.evaluation import index_corpus
+    from dpo_retrieval.evaluation import check_corpus, index_corpus
     from dpo_retrieval.models import DEFAULT_MODEL, load_model
 
+    corpus = check_corpus(corpus=args.corpus, dataset=args.dataset)  # every line, before the model loads
     model = load_model(args.model, device=args.device, max_seq_length=args.max_seq_length or 256,
                        trust_remote_code=args.trust_remote_code)
-    index = index_corpus(model, args.output, corpus=args.corpus, dataset=args.dataset, factory=args.factory,
+    index = index_corpus(model, args.output, corpus=corpus, factory=args.factory,
                          batch_size=args.batch_size, precision=args.precision, chunk_size=args.chunk_size,
                          keep_embeddings=args.keep_embeddings, model_name=args.model or DEFAULT_MODEL,
                          overwrite=args.overwrite)
@@ -253,9 +262,9 @@ def _run_search(args) -> None:
     from dpo_retrieval.models import load_model
 
     index = FaissIndex.load(args.index)
+    queries = {"query": args.query} if args.query is not None else read_queries(args.queries)
     model = load_model(args.model or index.meta.get("model"), device=args.device,
                        max_seq_length=index.meta.get("max_seq_length"), trust_remote_code=args.trust_remote_code)
-    queries = {"query": args.query} if args.query is not None else read_queries(args.queries)
     run = retrieve(index, model, queries, args.k, batch_size=args.batch_size, precision=args.precision,
                    nprobe=args.nprobe, ef_search=args.ef_search)
     if args.output:
@@ -454,9 +463,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from datasets.utils.logging import disable_progress_bar
+    # "Generating train split" bars on every load are noise here; datasets is imported only when needed
+    if "datasets" in sys.modules:
+        from datasets.utils.logging import disable_progress_bar
 
-    disable_progress_bar()  # "Generating train split" bars on every load are noise here
+        disable_progress_bar()
+    else:
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
         args.func(args)
     except UserInputError as err:

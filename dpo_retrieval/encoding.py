@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from dpo_retrieval.data import join_title_text  # noqa: F401 - the one title + text join, re-exported here
 from dpo_retrieval.errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -25,9 +26,6 @@ TASKS = ("query", "document")
 DOC_JOIN = "title + ' ' + text, stripped"
 
 
-def join_title_text(title: str | None, text: str | None) -> str:
-    """BEIR's document string: ``(title + " " + text).strip()``; a missing title or text counts as ``""``."""
-    return f"{title or ''} {text or ''}".strip()
 
 
 def _device_type(model) -> str:
