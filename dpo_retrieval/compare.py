@@ -69,6 +69,8 @@ class CompareConfig:
     mining: MineConfig = field(default_factory=MineConfig, metadata={"help": "mining settings"})
     show_progress_bar: bool = field(default=True, metadata={"help": "progress bars"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from model directories"})
+    backend: str = field(default="torch", metadata={"help": "encoding backend for mining and evaluation: auto, "
+                                                            "torch or onnx (training always runs torch)"})
 
     def resolved(self) -> "CompareConfig":
         if self.preset not in PRESETS:
@@ -81,6 +83,9 @@ class CompareConfig:
             raise UserInputError("--max-triplets: must be > 0")
         from dpo_retrieval.training import POLICY_DEFAULTS
 
+        from dpo_retrieval.backends import check_backend
+
+        check_backend(self.backend)
         if self.dropout not in ("on", "off"):
             raise UserInputError(f"--dropout: choose on or off, got {self.dropout!r}")
         if self.policy not in POLICY_DEFAULTS:
@@ -188,7 +193,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         logger.info("[mine] up to date, skipped (%s)", mine_dir)
     else:
         base = load_model(cfg.model, device=cfg.device, max_seq_length=cfg.eval_max_seq_length,
-                          trust_remote_code=cfg.trust_remote_code)
+                          trust_remote_code=cfg.trust_remote_code, backend=cfg.backend)
         mine_stage.start()
         info = mine(base, train_split, mine_dir, cfg.mining, precision=cfg.precision, batch_size=cfg.eval_batch_size,
                     embeddings_cache=emb_dir / "base" / f"{train_split.name}.npy")
@@ -253,7 +258,7 @@ def run_compare(cfg: CompareConfig) -> dict:
             if not (stage.done() and path.exists()):
                 if loaded is None:
                     loaded = load_model(mdir, device=cfg.device, max_seq_length=cfg.eval_max_seq_length,
-                                        trust_remote_code=cfg.trust_remote_code)
+                                        trust_remote_code=cfg.trust_remote_code, backend=cfg.backend)
                 stage.start()
                 result = evaluate_model(loaded, ds, top_k=cfg.top_k, precision=cfg.precision,
                                         batch_size=cfg.eval_batch_size, include_run=False, model_name=mdir,

@@ -553,7 +553,8 @@ def _ids_digest(doc_ids: Iterable[str]) -> str:
 
 
 def _cache_meta(doc_ids: list[str], model_settings: Mapping) -> dict:
-    keys = ("dimension", "max_seq_length", "similarity", "normalize_embeddings", "doc_join", "probe", "two_towers")
+    keys = ("dimension", "max_seq_length", "similarity", "normalize_embeddings", "doc_join", "probe", "two_towers",
+            "backend")
     return {"doc_ids_sha1": _ids_digest(doc_ids), "count": len(doc_ids),
             **{k: model_settings.get(k) for k in keys}, "model": model_settings.get("model")}
 
@@ -671,7 +672,8 @@ def evaluate_model(model, dataset: BeirDataset, *, top_k: int = 1000, k_values: 
         "dataset": dataset.name, "dataset_path": str(dataset.path), "split": dataset.split,
         "model": settings.get("model"), "max_seq_length": settings.get("max_seq_length"),
         "similarity": settings.get("similarity"), "doc_join": settings.get("doc_join"),
-        "precision": resolved_precision(model, precision), "batch_size": batch_size,
+        "precision": resolved_precision(model, precision), "backend": settings.get("backend"),
+        "batch_size": batch_size,
         "factory": index.factory, "top_k": top_k, "num_docs": len(doc_ids), "num_queries": len(qids),
         "metrics": report_metrics(metrics_all), "metrics_all": metrics_all, "per_query": per_query,
         "timings": timings, "versions": index.meta.get("versions"),
