@@ -245,18 +245,21 @@ def run_backends(args) -> None:
            "torch": ours(torch_model)}
     exports = {}
     for name, level in (("onnx", "none"), ("onnx-O2", "O2"), ("onnx-O3", "O3")):
+        if name not in args.backend_rows.split(","):
+            continue
         m = load_default_model(256)
         t0 = time.perf_counter()
         backends.to_onnx(m, level)
         exports[name] = {"seconds": round(time.perf_counter() - t0, 2), "file": m[0].model.onnx_path}
         fns[name] = ours(m)
     try:
-        ov = openvino_variants(torch_model, bs)
+        ov = openvino_variants(torch_model, bs) if "openvino_fp32" in args.backend_rows else {}
         if "openvino_fp32" in ov:
             fns["openvino_fp32"] = ov["openvino_fp32"]
     except Exception as err:  # noqa: BLE001 - optional
         print(f"(openvino skipped: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
-    names = [n for n in BACKEND_ROWS if n in fns]
+    wanted = [n for n in args.backend_rows.split(",") if n]
+    names = [n for n in BACKEND_ROWS if n in fns and n in wanted]
     for n in names:  # warm-up
         fns[n](sample[:2 * bs])
     times = {n: [] for n in names}
@@ -311,6 +314,8 @@ def main(argv=None):
     ap.add_argument("--tag", default="", help="write results/bench_encode.<tag>.json (extra runs)")
     ap.add_argument("--backends", action="store_true",
                     help="only the backend rows (torch, onnx, onnx-O2, onnx-O3, openvino) -> bench_encode_backends.json")
+    ap.add_argument("--backend-rows", default="st_plain,torch,onnx,onnx-O2,openvino_fp32",
+                    help=f"rows of --backends, from {','.join(BACKEND_ROWS)} (default: all but onnx-O3)")
     args = ap.parse_args(argv)
     if args.quick:
         args.sample, args.repeats, args.no_full, args.scaling = min(args.sample, 120), 1, True, "60,120"

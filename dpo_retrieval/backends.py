@@ -380,7 +380,7 @@ def _write_probe(key: str, entry: dict) -> None:
         logger.warning("could not save the backend probe to %s: %s", path, err)
 
 
-def _probe_texts(max_len: int, n: int = 32) -> list[str]:
+def _probe_texts(max_len: int, n: int = 24) -> list[str]:
     lengths = [max(8, int(max_len * f)) for f in (1.0, 0.75, 0.5, 0.25)]
     return [" ".join(_PROBE_WORDS[(i * 7 + j) % len(_PROBE_WORDS)] for j in range(lengths[i % 4]))
             for i in range(n)]
