@@ -672,7 +672,8 @@ def encoding_key(model_id: str, precision: str, texts_digest: str, **extra) -> d
 
 
 def _cache_meta(doc_ids: list[str], model_settings: Mapping, key: Mapping | None = None) -> dict:
-    keys = ("dimension", "max_seq_length", "similarity", "normalize_embeddings", "doc_join", "probe", "two_towers")
+    keys = ("dimension", "max_seq_length", "similarity", "normalize_embeddings", "doc_join", "probe", "two_towers",
+            "backend")
     return {"count": len(doc_ids), "key": dict(key or {}),
             **{k: model_settings.get(k) for k in keys}, "model": model_settings.get("model")}
 
@@ -757,7 +758,7 @@ def evaluate_model(model, dataset: BeirDataset, *, top_k: int = 1000, k_values: 
         cache = Path(embeddings_cache) if embeddings_cache else None
         if cache is not None:
             key = encoding_key(model_key or model_id(model_name, model), resolved_precision(model, precision),
-                               corpus_digest(dataset))
+                               corpus_digest(dataset), backend=settings.get("backend") or "torch")
         expect = _cache_meta(doc_ids, settings, key)
         emb = _load_cached_embeddings(cache, expect) if cache is not None else None
         t0 = time.perf_counter()
@@ -797,7 +798,8 @@ def evaluate_model(model, dataset: BeirDataset, *, top_k: int = 1000, k_values: 
         "dataset": dataset.name, "dataset_path": str(dataset.path), "split": dataset.split,
         "model": settings.get("model"), "max_seq_length": settings.get("max_seq_length"),
         "similarity": settings.get("similarity"), "doc_join": settings.get("doc_join"),
-        "precision": resolved_precision(model, precision), "batch_size": batch_size,
+        "precision": resolved_precision(model, precision), "backend": settings.get("backend"),
+        "batch_size": batch_size,
         "factory": index.factory, "top_k": top_k, "num_docs": len(doc_ids), "num_queries": len(qids),
         "metrics": report_metrics(metrics_all), "metrics_all": metrics_all, "per_query": per_query,
         "timings": timings, "versions": index.meta.get("versions"),
