@@ -265,4 +265,4 @@ def test_embeddings_cache_key_holds_model_precision_texts_and_version(tmp_path, 
     monkeypatch.setattr(ev, "package_version", lambda: "999")
     assert encoded(edited)
     meta = json.loads(Path(str(cache) + ".json").read_text())
-    assert meta["key"] == ev.encoding_key("A", "fp32", ev.corpus_digest(edited)) and meta["key"]["version"] == "999"
+    assert meta["key"] == ev.encoding_key("A", "fp32", ev.corpus_digest(edited), backend="torch") and meta["key"]["version"] == "999"
