@@ -8,6 +8,7 @@ ablation is written by scripts/compare_runs.py from the two quick runs.
 
     DPO_RETRIEVAL_DATA=../shared/data/beir python scripts/readme_results.py            # all
     DPO_RETRIEVAL_DATA=../shared/data/beir python scripts/readme_results.py quick full  # some
+    python scripts/readme_results.py --markdown quick     # README's tables from the results file
 
 Wall times are only comparable when the machine was otherwise idle: check `load_average_start`.
 The dropout and full runs start from a copy of the quick run's mining and base-model corpus
@@ -101,7 +102,34 @@ def run_one(name: str) -> None:
     print(f"[{name}] done in {wall / 60:.1f} min -> benchmarks/results/compare_{name}.json", flush=True)
 
 
+def markdown(name: str) -> str:
+    """README's tables (test and dev nDCG@10 comparisons with Holm) from a recorded results file."""
+    rec = json.loads((RESULTS / f"compare_{name}.json").read_text())
+    out = [f"From `benchmarks/results/compare_{name}.json` (`{rec['command']}`, wall time "
+           f"{rec['wall_time_s'] / 60:.1f} min, load average at start {rec['load_average_start'][0]}):", ""]
+    for ds_name, ds in rec["report"]["datasets"].items():
+        n_q = max(r.get("n_queries") or 0 for r in ds["rows"])
+        out += [f"**{ds_name}** ({n_q} queries)", "",
+                "| Model | nDCG@10 | Recall@100 | MAP@100 | MRR@10 | Train time | Eval time |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in ds["rows"]:
+            t = "—" if r.get("train_time_s") is None else f"{r['train_time_s']:.0f} s"
+            out.append(f"| {r['model']} | {r['NDCG@10']:.4f} | {r['Recall@100']:.4f} | {r['MAP@100']:.4f} | "
+                       f"{r['MRR@10']:.4f} | {t} | {r['eval_time_s']:.0f} s |")
+        out += ["", "| A − B, nDCG@10 | diff | 95% CI | p (t-test) | p (Holm) |", "|---|---:|---:|---:|---:|"]
+        for c in ds["comparisons"]:
+            if c["metric"] == "NDCG@10":
+                out.append(f"| {c['a']} − {c['b']} | {c['diff']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | "
+                           f"{c['p_ttest']:.3g} | {c['p_holm']:.3g} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--markdown"]:
+        for n in sys.argv[2:]:
+            print(markdown(ALIASES.get(n, n)))
+        return
     names = [ALIASES.get(n, n) for n in sys.argv[1:]] or list(RUNS)
     unknown = [n for n in names if n not in RUNS]
     if unknown:
