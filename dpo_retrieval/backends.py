@@ -395,8 +395,10 @@ def probe(model, *, repeats: int = 3, fresh: bool = False) -> dict:
     cached = None if fresh else _probe_cached(key)
     if cached is not None:
         return cached
+    load = _load_average()
     entry = _measure(model, repeats)
-    entry = {**entry, "key": key_dict, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    entry = {**entry, "key": key_dict, "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_average": load,
+             "busy": _busy(load)}
     _write_probe(key, entry)
     _PROBES[key] = entry
     logger.info("--backend auto: ONNX %.2fx torch's speed at min cosine %.6f on the probe -> %s (saved in %s)",
@@ -407,11 +409,25 @@ def probe(model, *, repeats: int = 3, fresh: bool = False) -> dict:
 _PROBES: dict[str, dict] = {}
 
 
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def _busy(load: float | None) -> bool:
+    """More runnable processes than cores: timings then say more about the neighbours than the backends."""
+    return load is not None and load > (os.cpu_count() or 1)
+
+
 def _probe_cached(key: str) -> dict | None:
     if key in _PROBES:
         return _PROBES[key]
     entry = _read_probes().get(key)
     if isinstance(entry, dict) and entry.get("backend") in ("torch", "onnx"):
+        if entry.get("busy") and not _busy(_load_average()):
+            return None  # measured on a busy machine: measure again now that it is quiet
         _PROBES[key] = entry
         return entry
     return None

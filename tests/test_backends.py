@@ -92,6 +92,17 @@ def test_auto_probe_measures_once_and_is_kept_on_disk(tiny_model_path, cache, mo
     monkeypatch.setattr(backends, "_PROBES", {})
     monkeypatch.setattr(backends, "_measure", lambda *a, **k: pytest.fail("measured again"))
     assert backends.resolve_backend("auto", model) == "onnx"
+    # a decision measured on a busy machine is measured again once the machine is quiet
+    import os
+
+    monkeypatch.setattr(backends, "_PROBES", {})
+    saved[next(iter(saved))]["busy"] = True
+    (cache / "backend_probe.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    monkeypatch.setattr(backends, "_measure", lambda model, repeats: {
+        "backend": "torch", "torch_s": 1.0, "onnx_s": 1.5, "speedup": 0.67, "min_cosine": 1.0, "texts": 24})
+    assert backends.resolve_backend("auto", model) == "torch"
+    assert not json.loads((cache / "backend_probe.json").read_text())[next(iter(saved))]["busy"]
     # bf16 autocast is the lever on CPUs where it wins: auto stays on torch without probing
     monkeypatch.setattr(models, "cpu_bf16_is_faster", lambda: True)
     assert backends.resolve_backend("auto", model) == "torch"
