@@ -15,7 +15,7 @@ size, on SciFact abstracts (title + " " + text):
 Variants (all return L2-normalized float32):
 
 - ``st_fp32``: ``model.encode(texts, batch_size=B, normalize_embeddings=True)``: the baseline.
-- ``ours_auto``: ``dpo_retrieval.encoding.encode_texts(..., precision="auto", task="document")``:
+- ``ours_auto``: ``dpo_retrieval.retrieval.encoding.encode_texts(..., precision="auto", task="document")``:
   what ``index``/``evaluate`` run (``auto`` = bf16 autocast where ``models.cpu_bf16_is_faster``
   says bf16 matmuls win on this CPU, else fp32; the JSON records which it resolved to).
 - ``ours_bf16`` / ``ours_fp32``: ``encode_texts`` with the precision forced.
@@ -52,7 +52,7 @@ import torch  # noqa: E402
 from _common import (PEAK_BF16_GFLOPS, SCIFACT, forward_flops, load_default_model, median,  # noqa: E402
                      ndcg_at_10, scifact_corpus, scifact_qrels, scifact_queries, table, write_result)
 
-from dpo_retrieval.encoding import encode_texts, resolved_precision  # noqa: E402
+from dpo_retrieval.retrieval.encoding import encode_texts, resolved_precision  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def main(argv=None):
         args.batch_size, args.steps, args.scaling = 4, 1, "2"
 
     from dpo_retrieval.losses import DPOLoss
-    from dpo_retrieval.reference import OnlineReference, add_reference_scores
+    from dpo_retrieval.training.reference import OnlineReference, add_reference_scores
     from dpo_retrieval.training import TrainConfig, build_loss
 
     torch.manual_seed(args.seed)

@@ -39,16 +39,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -208,7 +198,7 @@ def _add_index(sub) -> None:
 
 
 def _run_index(args) -> None:
-    from dpo_retrieval.evaluation import index_corpus
+    from dpo_retrieval.retrieval.search import index_corpus
     from dpo_retrieval.models import DEFAULT_MODEL, load_model
 
     model = load_model(args.model, device=args.device, max_seq_length=args.max_seq_length or 256,
@@ -248,8 +238,10 @@ def _add_search(sub) -> None:
 
 
 def _run_search(args) -> None:
-    from dpo_retrieval.evaluation import read_queries, retrieve, write_run
-    from dpo_retrieval.index import FaissIndex
+    from dpo_retrieval.data.beir import read_queries
+    from dpo_retrieval.evaluation.runs import write_run
+    from dpo_retrieval.retrieval.index import FaissIndex
+    from dpo_retrieval.retrieval.search import retrieve
     from dpo_retrieval.models import load_model
 
     index = FaissIndex.load(args.index)
@@ -298,8 +290,12 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> None:
-    from dpo_retrieval.evaluation import evaluate_model, format_table, load_beir, write_json, write_run
-    from dpo_retrieval.index import FaissIndex
+    from dpo_retrieval._io import write_json
+    from dpo_retrieval.data.beir import load_beir
+    from dpo_retrieval.evaluation.evaluate import evaluate_model
+    from dpo_retrieval.evaluation.metrics import format_table
+    from dpo_retrieval.evaluation.runs import write_run
+    from dpo_retrieval.retrieval.index import FaissIndex
     from dpo_retrieval.models import DEFAULT_MODEL, load_model
 
     index = FaissIndex.load(args.index) if args.index else None
@@ -366,7 +362,7 @@ def _add_mine(sub) -> None:
 
 
 def _run_mine(args) -> None:
-    from dpo_retrieval.evaluation import load_beir
+    from dpo_retrieval.data.beir import load_beir
     from dpo_retrieval.mining import mine, split_query_texts
     from dpo_retrieval.models import load_model
 
@@ -382,7 +378,7 @@ def _run_mine(args) -> None:
 
 
 def _add_compare(sub) -> None:
-    from dpo_retrieval.compare import PRESETS
+    from dpo_retrieval.experiment.compare import PRESETS
 
     presets = "; ".join(f"{k}: " + ", ".join(f"{n}={v}" for n, v in d.items()) for k, d in PRESETS.items())
     p = sub.add_parser(
@@ -425,7 +421,7 @@ def _add_compare(sub) -> None:
 
 
 def _run_compare(args) -> None:
-    from dpo_retrieval.compare import CompareConfig, run_compare
+    from dpo_retrieval.experiment.compare import CompareConfig, run_compare
 
     split = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())  # noqa: E731
     cfg = CompareConfig(
@@ -442,9 +438,7 @@ def _run_compare(args) -> None:
     logger.info("wrote %s, %s and %d plots", out["report_json"], out["report_md"], len(out["plots"]))
 
 
-# Commands defined further down (retrieval, mining, comparison) register themselves here.
-_EXTRA_COMMANDS: list = []
-_EXTRA_COMMANDS += [_add_index, _add_search, _add_evaluate, _add_mine, _add_compare]
+_EXTRA_COMMANDS = [_add_index, _add_search, _add_evaluate, _add_mine, _add_compare]
 
 
 def main(argv: list[str] | None = None) -> int:

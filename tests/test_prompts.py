@@ -62,7 +62,7 @@ def test_prompted_model_starts_at_the_reference(tmp_path, tiny_model_path, refer
 
 def test_online_reference_scores_the_prompted_texts(tmp_path, tiny_model_path, monkeypatch):
     """The online reference re-encodes the trainer's token ids: those carry the prompts."""
-    from dpo_retrieval.reference import OnlineReference
+    from dpo_retrieval.training.reference import OnlineReference
 
     seen = []
     original = OnlineReference.score

@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset
 
 from dpo_retrieval.losses import DPOLoss
-from dpo_retrieval.reference import OnlineReference, add_reference_scores
+from dpo_retrieval.training.reference import OnlineReference, add_reference_scores
 
 ROWS = {
     "anchor": ["what causes cancer", "what causes cancer", "does sleep increase risk", "how does insulin work"],

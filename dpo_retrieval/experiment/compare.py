@@ -17,17 +17,17 @@ training run that was interrupted resumes from its last checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import os
 import random
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dpo_retrieval._io import write_json
 from dpo_retrieval.errors import UserInputError
+from dpo_retrieval.experiment.stages import Stage, _dataset_stamp, fingerprint  # noqa: F401
 from dpo_retrieval.mining import MineConfig
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class CompareConfig:
         values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in PRESETS[self.preset].items()}
         if values["max_triplets"] is not None and values["max_triplets"] <= 0:
             raise UserInputError("--max-triplets: must be > 0")
-        from dpo_retrieval.training import POLICY_DEFAULTS
+        from dpo_retrieval.losses import POLICY_DEFAULTS
 
         if self.dropout not in ("on", "off"):
             raise UserInputError(f"--dropout: choose on or off, got {self.dropout!r}")
@@ -94,54 +94,6 @@ class CompareConfig:
         values["beta"] = self.beta if self.beta is not None else defaults["beta"]
         values["scale"] = self.scale if self.scale is not None else defaults["scale"]
         return dataclasses.replace(self, **values, mining=dataclasses.replace(self.mining, seed=self.seed).check())
-
-
-# ----------------------------------------------------------------------------------------------
-# stage bookkeeping
-def fingerprint(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _dataset_stamp(path: Path) -> dict:
-    files = [path / "corpus.jsonl", path / "queries.jsonl", *sorted((path / "qrels").glob("*.tsv"))]
-    return {str(f.relative_to(path)): [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()}
-
-
-class Stage:
-    """``<name>.stage.json`` beside a stage's output: the hash of its inputs and whether it finished."""
-
-    def __init__(self, marker: Path, key: dict) -> None:
-        self.marker = marker
-        self.key = key
-        self.hash = fingerprint(key)
-
-    def _read(self) -> dict:
-        try:
-            return json.loads(self.marker.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def done(self) -> bool:
-        rec = self._read()
-        return rec.get("hash") == self.hash and rec.get("status") == "done"
-
-    def started_same(self) -> bool:
-        return self._read().get("hash") == self.hash
-
-    def _write(self, status: str, **info) -> None:
-        self.marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.marker.with_name(self.marker.name + ".tmp")
-        tmp.write_text(json.dumps({"hash": self.hash, "status": status, "key": self.key, **info}, indent=2, default=str))
-        os.replace(tmp, self.marker)
-
-    def start(self) -> None:
-        self._write("running")
-
-    def finish(self, **info) -> None:
-        self._write("done", **info)
-
-    def info(self) -> dict:
-        return self._read()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,15 +148,16 @@ def check_options(cfg: CompareConfig) -> tuple[CompareConfig, str]:
 def run_compare(cfg: CompareConfig) -> dict:
     """Run (or resume) the whole comparison; returns what ``write_report`` returned.
 
-    Stage keys (and the corpus-embeddings caches) hold :func:`~dpo_retrieval.evaluation.encoding_key`:
+    Stage keys (and the corpus-embeddings caches) hold :func:`~dpo_retrieval.retrieval.cache.encoding_key`:
     the model's weights (the base by a hash of its files, a trained model by its training stage's
     hash), the resolved precision, a hash of the texts and the package version."""
-    from dpo_retrieval.data import load_triplets, save_triplets
-    from dpo_retrieval.evaluation import (corpus_digest, encoding_key, evaluate_model, load_beir, model_id,
-                                          texts_digest, write_json)
+    from dpo_retrieval.data.beir import load_beir
+    from dpo_retrieval.data.triplets import load_triplets, save_triplets
+    from dpo_retrieval.evaluation.evaluate import evaluate_model
+    from dpo_retrieval.experiment.report import write_report
     from dpo_retrieval.mining import mine, overlapping_queries, subset_queries
     from dpo_retrieval.models import load_model, resolve_model_path
-    from dpo_retrieval.report import write_report
+    from dpo_retrieval.retrieval.cache import corpus_digest, encoding_key, model_id, texts_digest
     from dpo_retrieval.training import train
 
     cfg, precision = check_options(cfg)
@@ -215,7 +168,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     test_sets = [load_beir(cfg.dataset, "test")] + [load_beir(d, "test") for d in cfg.eval_datasets]
     base_path = resolve_model_path(cfg.model)
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    write_json(dataclasses.asdict(cfg), run / "config.json", default=str)
     digests: dict[str, str] = {}
 
     def docs_digest(ds) -> str:

@@ -1,0 +1,1 @@
+"""Reading inputs: triplet files (:mod:`.triplets`) and BEIR datasets (:mod:`.beir`)."""
