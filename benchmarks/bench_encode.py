@@ -33,7 +33,22 @@ Variants (all return L2-normalized float32):
   numpy); only when ``import openvino`` works. (sentence-transformers' own ``backend="openvino"``
   needs optimum-intel; this is the same runtime without it.)
 
+Backends (``--backends``, written to ``results/bench_encode_backends.json``): the same 400 docs
+through ``encode_texts`` (fp32) with the transformer on each backend, interleaved within every
+repetition (the order rotates per repetition), median of ``--repeats``, min cosine to ``torch``, and
+the machine's load average before each repetition (other jobs share the cores):
+
+- ``st_plain``: plain ``SentenceTransformer.encode`` (the issue's reference).
+- ``torch``: ``encode_texts`` on PyTorch (``--backend torch``).
+- ``onnx``: the unoptimised ONNX export run by ONNX Runtime; ``onnx-O2`` (what ``--backend onnx``
+  runs) / ``onnx-O3`` (plus GELU approximation): onnxruntime's transformer fusions at optimum's levels.
+- ``openvino_fp32``: the transformer through ``openvino.convert_model`` (for the record; only when
+  ``import openvino`` works).
+
+plus the ``auto`` probe's decision on this machine (``dpo_retrieval.retrieval.backends.probe``).
+
 Usage: ``python benchmarks/bench_encode.py [--quick] [--sample N] [--repeats R] [--batch-size B]``
+       ``python benchmarks/bench_encode.py --backends [--sample N] [--repeats R]``
 """
 
 from __future__ import annotations
@@ -205,6 +220,80 @@ def cosines(a, b):
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+BACKEND_ROWS = ("st_plain", "torch", "onnx", "onnx-O2", "onnx-O3", "openvino_fp32")
+
+
+def run_backends(args) -> None:
+    """The backend rows: interleaved, median of ``args.repeats``, min cosine to torch, load averages."""
+    import os
+
+    from dpo_retrieval.retrieval import backends
+
+    doc_ids, texts = scifact_corpus()
+    rng = np.random.default_rng(args.seed)
+    sample_idx = np.sort(rng.choice(len(texts), size=min(args.sample, len(texts)), replace=False))
+    sample = [texts[i] for i in sample_idx]
+    bs = args.batch_size
+
+    def ours(model):
+        return lambda txts: encode_texts(model, txts, batch_size=bs, precision="fp32", task="document",
+                                         normalize_embeddings=True, show_progress_bar=False)
+
+    torch_model = load_default_model(256).eval()
+    fns = {"st_plain": lambda txts: torch_model.encode(txts, batch_size=bs, normalize_embeddings=True,
+                                                       convert_to_numpy=True, show_progress_bar=False),
+           "torch": ours(torch_model)}
+    exports = {}
+    for name, level in (("onnx", "none"), ("onnx-O2", "O2"), ("onnx-O3", "O3")):
+        if name not in args.backend_rows.split(","):
+            continue
+        m = load_default_model(256)
+        t0 = time.perf_counter()
+        backends.to_onnx(m, level)
+        exports[name] = {"seconds": round(time.perf_counter() - t0, 2), "file": m[0].model.onnx_path}
+        fns[name] = ours(m)
+    try:
+        ov = openvino_variants(torch_model, bs) if "openvino_fp32" in args.backend_rows else {}
+        if "openvino_fp32" in ov:
+            fns["openvino_fp32"] = ov["openvino_fp32"]
+    except Exception as err:  # noqa: BLE001 - optional
+        print(f"(openvino skipped: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+    wanted = [n for n in args.backend_rows.split(",") if n]
+    names = [n for n in BACKEND_ROWS if n in fns and n in wanted]
+    for n in names:  # warm-up
+        fns[n](sample[:2 * bs])
+    times = {n: [] for n in names}
+    embs, loads = {}, []
+    for r in range(args.repeats):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate: no backend always runs first
+        loads.append([round(x, 2) for x in os.getloadavg()])
+        for n in order:
+            t0 = time.perf_counter()
+            embs[n] = np.asarray(fns[n](sample), dtype=np.float32)
+            times[n].append(time.perf_counter() - t0)
+            print(f"  repeat {r + 1}/{args.repeats} {n:<14} {len(sample) / times[n][-1]:7.2f} docs/s "
+                  f"(load {loads[-1][0]})", flush=True)
+    base = median(times["torch"])
+    rows = [{"backend": n, "median_s": median(times[n]), "docs_per_s": len(sample) / median(times[n]),
+             "speedup_vs_torch": base / median(times[n]),
+             "speedup_vs_st_plain": median(times["st_plain"]) / median(times[n]),
+             "min_cos_to_torch": float(cosines(embs[n], embs["torch"]).min()),
+             "times_s": [round(t, 3) for t in times[n]]} for n in names]
+    print(f"\n{len(sample)} SciFact docs, max length 256, batch {bs}, fp32, median of {args.repeats} "
+          f"(interleaved); load averages before each repetition: {loads}")
+    print(table(rows, ["backend", "median_s", "docs_per_s", "speedup_vs_torch", "speedup_vs_st_plain",
+                       "min_cos_to_torch"], floatfmt=".4f"))
+    t0 = time.perf_counter()
+    decision = backends.probe(load_default_model(256), fresh=True)
+    print(f"\nauto probe: {decision['backend']} (ONNX {decision['speedup']}x torch on the probe, min cosine "
+          f"{decision['min_cosine']}; {time.perf_counter() - t0:.1f} s incl. a cached export)")
+    write_result("bench_encode_backends" + (f".{args.tag}" if args.tag else ""), {
+        "dataset": str(SCIFACT), "model": "all-MiniLM-L6-v2", "max_seq_length": 256, "batch_size": bs,
+        "sample_docs": len(sample), "seed": args.seed, "repeats": args.repeats, "interleaved": True,
+        "load_average_per_repeat": loads, "exports": exports, "rows": rows, "auto_probe": decision,
+    }, quick=args.quick)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (120 docs, 1 repeat, no full-corpus pass)")
@@ -223,9 +312,15 @@ def main(argv=None):
     ap.add_argument("--no-full", action="store_true", help="skip the full-corpus pass")
     ap.add_argument("--full-limit", type=int, default=None, help="smoke-test the full pass on the first N docs")
     ap.add_argument("--tag", default="", help="write results/bench_encode.<tag>.json (extra runs)")
+    ap.add_argument("--backends", action="store_true",
+                    help="only the backend rows (torch, onnx, onnx-O2, onnx-O3, openvino) -> bench_encode_backends.json")
+    ap.add_argument("--backend-rows", default="st_plain,torch,onnx,onnx-O2,openvino_fp32",
+                    help=f"rows of --backends, from {','.join(BACKEND_ROWS)} (default: all but onnx-O3)")
     args = ap.parse_args(argv)
     if args.quick:
         args.sample, args.repeats, args.no_full, args.scaling = min(args.sample, 120), 1, True, "60,120"
+    if args.backends:
+        return run_backends(args)
 
     torch.manual_seed(args.seed)
     model = load_default_model(256)

@@ -69,6 +69,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="allow a model's own Python code to run when loading it (off by default)")
 
 
+def _add_backend_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                   help="encoding backend: torch (PyTorch), onnx (the transformer exported once to ONNX, "
+                        "graph-optimised at O2, cached under ~/.cache/dpo_retrieval/onnx, run by ONNX Runtime on "
+                        "CPU; needs the [onnx] extra), auto = onnx only on a CPU where a one-time probe finds it "
+                        "faster at equal embeddings, else torch; training always runs torch (default: auto)")
+
+
 # ----------------------------------------------------------------------------------------------
 # train
 def _add_train(sub) -> None:
@@ -78,9 +86,12 @@ def _add_train(sub) -> None:
                     "triplets with the DPO loss or the contrastive baseline, and save it in "
                     "sentence-transformers format.")
     p.add_argument("--triplets", required=True,
-                   help="triplet file: .jsonl/.json (query/positive/negative or negatives:[...]), "
-                        ".tsv/.csv (query, positive, negative[, negative...] with or without header), "
-                        ".parquet, or a saved HF datasets directory; id triplets need --corpus/--queries")
+                   help="triplet file: .jsonl/.json (query/positive/negative or negatives:[...]; FlagEmbedding "
+                        "query/pos/neg; Tevatron positive_passages/negative_passages; sentence-transformers "
+                        "anchor/positive/negative_1..k or query/answer/negative*), .tsv/.csv (query, positive, "
+                        "negative[, negative...] with or without header), .parquet, a saved HF datasets "
+                        "directory, or a dataset name (org/name, hf://org/name[:config]) for "
+                        "datasets.load_dataset; id triplets need --corpus/--queries")
     p.add_argument("--corpus", help="BEIR corpus.jsonl to resolve id triplets (query_id, positive_id, negative_id)")
     p.add_argument("--queries", help="BEIR queries.jsonl to resolve id triplets")
     p.add_argument("--output", required=True, help="directory for the trained model, train_log.jsonl and checkpoints")
@@ -134,6 +145,11 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> None:
+    from dpo_retrieval.data.triplets import load_triplets
+
+    # Check every triplet before torch and sentence-transformers are imported (seconds) and the model is
+    # loaded; train() loads the file again from the HF datasets cache this fills.
+    load_triplets(args.triplets, corpus=args.corpus, queries=args.queries)
     from dpo_retrieval.training import TrainConfig, train
 
     cfg = dataclasses.replace(TrainConfig.from_namespace(args), show_progress_bar=not args.quiet)
@@ -189,6 +205,7 @@ def _add_index(sub) -> None:
                    help="FAISS index factory string: Flat (exact), HNSW32, IVF{n},Flat, IVF{n},PQ{m} ... "
                         "(default: Flat)")
     _add_encode_options(p)
+    _add_backend_option(p)
     p.add_argument("--chunk-size", type=positive_int, default=8192,
                    help="documents read and encoded per chunk (default: 8192)")
     p.add_argument("--keep-embeddings", action="store_true",
@@ -198,12 +215,14 @@ def _add_index(sub) -> None:
 
 
 def _run_index(args) -> None:
+    from dpo_retrieval.data.beir import check_corpus
     from dpo_retrieval.retrieval.search import index_corpus
     from dpo_retrieval.models import DEFAULT_MODEL, load_model
 
+    corpus = check_corpus(corpus=args.corpus, dataset=args.dataset)  # every line, before the model loads
     model = load_model(args.model, device=args.device, max_seq_length=args.max_seq_length or 256,
-                       trust_remote_code=args.trust_remote_code)
-    index = index_corpus(model, args.output, corpus=args.corpus, dataset=args.dataset, factory=args.factory,
+                       trust_remote_code=args.trust_remote_code, backend=args.backend)
+    index = index_corpus(model, args.output, corpus=corpus, factory=args.factory,
                          batch_size=args.batch_size, precision=args.precision, chunk_size=args.chunk_size,
                          keep_embeddings=args.keep_embeddings, model_name=args.model or DEFAULT_MODEL,
                          overwrite=args.overwrite)
@@ -230,6 +249,7 @@ def _add_search(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64, help="queries per forward pass (default: 64)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="query encoding precision (default: auto, see `evaluate --help`)")
+    _add_backend_option(p)
     p.add_argument("--nprobe", type=positive_int, default=None,
                    help="IVF indexes: inverted lists visited per query; more = better recall, slower (default: 16)")
     p.add_argument("--ef-search", type=positive_int, default=None,
@@ -245,9 +265,10 @@ def _run_search(args) -> None:
     from dpo_retrieval.models import load_model
 
     index = FaissIndex.load(args.index)
-    model = load_model(args.model or index.meta.get("model"), device=args.device,
-                       max_seq_length=index.meta.get("max_seq_length"), trust_remote_code=args.trust_remote_code)
     queries = {"query": args.query} if args.query is not None else read_queries(args.queries)
+    model = load_model(args.model or index.meta.get("model"), device=args.device,
+                       max_seq_length=index.meta.get("max_seq_length"), trust_remote_code=args.trust_remote_code,
+                       backend=args.backend)
     run = retrieve(index, model, queries, args.k, batch_size=args.batch_size, precision=args.precision,
                    nprobe=args.nprobe, ef_search=args.ef_search)
     if args.output:
@@ -276,6 +297,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--output", required=True, help="results JSON (metrics, per-query scores, timings)")
     _add_model_options(p)
     _add_encode_options(p, max_seq_default="256, or the index's with --index")
+    _add_backend_option(p)
     p.add_argument("--top-k", type=positive_int, default=1000, help="hits retrieved per query (default: 1000)")
     p.add_argument("--factory", default="Flat",
                    help="FAISS factory for the index built here (default: Flat, exact search)")
@@ -301,7 +323,8 @@ def _run_evaluate(args) -> None:
     index = FaissIndex.load(args.index) if args.index else None
     max_len = args.max_seq_length or (index.meta.get("max_seq_length") if index else None) or 256
     dataset = load_beir(args.dataset, args.split)
-    model = load_model(args.model, device=args.device, max_seq_length=max_len, trust_remote_code=args.trust_remote_code)
+    model = load_model(args.model, device=args.device, max_seq_length=max_len, trust_remote_code=args.trust_remote_code,
+                       backend=args.backend)
     result = evaluate_model(model, dataset, top_k=args.top_k, batch_size=args.batch_size, precision=args.precision,
                             factory=args.factory, index=index, save_index=args.save_index,
                             embeddings_cache=args.embeddings_cache, model_name=args.model or DEFAULT_MODEL)
@@ -356,6 +379,7 @@ def _add_mine(sub) -> None:
     p.add_argument("--output", required=True, help="output directory")
     _add_model_options(p)
     _add_encode_options(p)
+    _add_backend_option(p)
     _add_mining_options(p)
     p.add_argument("--seed", type=int, default=42, help="seed for sampling and the dev split (default: 42)")
     p.set_defaults(func=_run_mine)
@@ -371,7 +395,7 @@ def _run_mine(args) -> None:
     # never train on a test query: train queries with a test query's text are dropped
     test_texts = split_query_texts(dataset.path, "test") if args.split != "test" else []
     model = load_model(args.model, device=args.device, max_seq_length=args.max_seq_length or 256,
-                       trust_remote_code=args.trust_remote_code)
+                       trust_remote_code=args.trust_remote_code, backend=args.backend)
     info = mine(model, dataset, args.output, cfg, precision=args.precision, batch_size=args.batch_size,
                 exclude_texts=test_texts)
     logger.info("wrote %d triplets to %s", info["triplets"], Path(args.output) / "triplets.jsonl")
@@ -408,6 +432,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="training and encoding precision (default: auto = bf16 where native)")
     p.add_argument("--eval-batch-size", type=positive_int, default=64, help="encoding batch size (default: 64)")
+    _add_backend_option(p)
     p.add_argument("--top-k", type=positive_int, default=1000, help="hits retrieved per query (default: 1000)")
     p.add_argument("--beta", type=positive_float, default=None, help="DPO beta (default by policy: linear 1, sigmoid 10)")
     p.add_argument("--scale", type=positive_float, default=None, help="DPO scale (default by policy: linear 20, sigmoid 10)")
@@ -432,7 +457,7 @@ def _run_compare(args) -> None:
         device=args.device, precision=args.precision, eval_batch_size=args.eval_batch_size, top_k=args.top_k,
         beta=args.beta, scale=args.scale, policy=args.policy, loss_type=args.loss_type,
         label_smoothing=args.label_smoothing, dropout=args.dropout, mining=_mine_config(args), show_progress_bar=not args.quiet,
-        trust_remote_code=args.trust_remote_code)
+        trust_remote_code=args.trust_remote_code, backend=args.backend)
     out = run_compare(cfg)
     print(Path(out["report_md"]).read_text())
     logger.info("wrote %s, %s and %d plots", out["report_json"], out["report_md"], len(out["plots"]))
@@ -448,9 +473,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from datasets.utils.logging import disable_progress_bar
+    # "Generating train split" bars on every load are noise here; datasets is imported only when needed
+    if "datasets" in sys.modules:
+        from datasets.utils.logging import disable_progress_bar
 
-    disable_progress_bar()  # "Generating train split" bars on every load are noise here
+        disable_progress_bar()
+    else:
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
         args.func(args)
     except UserInputError as err:

@@ -109,8 +109,18 @@ def load_model(
     device: str = "auto",
     max_seq_length: int | None = None,
     trust_remote_code: bool = False,
+    backend: str = "torch",
 ):
-    """Load a SentenceTransformer, offline for the packaged default, with a clean error on failure."""
+    """Load a SentenceTransformer, offline for the packaged default, with a clean error on failure.
+
+    ``backend``: ``torch`` (default; what training uses), ``onnx`` (the transformer runs in ONNX
+    Runtime, exported once and cached) or ``auto`` (ONNX where a cached probe says it is faster on
+    this CPU at equal embeddings, else torch); see :mod:`dpo_retrieval.retrieval.backends`.
+    """
+    from dpo_retrieval.retrieval.backends import apply_backend, check_backend, require_onnx
+
+    if check_backend(backend) == "onnx":
+        require_onnx()  # before the (slow) load
     from sentence_transformers import SentenceTransformer
 
     path = resolve_model_path(name_or_path)
@@ -129,7 +139,7 @@ def load_model(
         if max_seq_length <= 0:
             raise UserInputError("--max-seq-length: must be > 0")
         model.max_seq_length = max_seq_length
-    return model
+    return apply_backend(model, backend)
 
 
 def make_two_towers(model):

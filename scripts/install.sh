@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Install dpo-retrieval into a virtual environment, choosing the right PyTorch build first.
 #   bash scripts/install.sh            # library + CLI into ${DPO_RETRIEVAL_VENV:-.venv}
-#   bash scripts/install.sh --dev      # ... plus the test dependencies
+#   bash scripts/install.sh --dev      # ... plus the test dependencies and the [onnx] extra (its tests run in CI)
 # Without CUDA (no nvidia-smi) it installs the CPU wheel torch==2.13.0 before anything else, so the
 # dependency resolver keeps it instead of pulling a multi-GB CUDA build. Override with TORCH_SPEC=...
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${DPO_RETRIEVAL_VENV:-$here/.venv}"
 extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev]"
+[ "${1:-}" = "--dev" ] && extras="[dev,onnx]"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip

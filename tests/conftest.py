@@ -9,6 +9,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `--backend auto` (the CLI default) stays on torch in tests unless a test asks otherwise: no probe runs,
+# and nothing is written under ~/.cache. tests/test_backends.py covers auto's decisions.
+os.environ.setdefault("DPO_RETRIEVAL_BACKEND_PROBE", "torch")
 
 WORDS = (
     "the a of and to in is was for on with by as at from that this it be are which cell cells "

@@ -269,4 +269,5 @@ def test_embeddings_cache_key_holds_model_precision_texts_and_version(tmp_path, 
     monkeypatch.setattr(cache_mod, "package_version", lambda: "999")
     assert encoded(edited)
     meta = json.loads(Path(str(cache) + ".json").read_text())
-    assert meta["key"] == cache_mod.encoding_key("A", "fp32", cache_mod.corpus_digest(edited)) and meta["key"]["version"] == "999"
+    assert meta["key"] == cache_mod.encoding_key("A", "fp32", cache_mod.corpus_digest(edited), backend="torch") \
+        and meta["key"]["version"] == "999"

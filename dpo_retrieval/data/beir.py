@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from dpo_retrieval.errors import UserInputError
-from dpo_retrieval.retrieval.encoding import join_title_text
+from dpo_retrieval.data.triplets import _json_problem, iter_lines, join_title_text
 
 logger = logging.getLogger(__name__)
 
@@ -129,24 +129,37 @@ def _check_file(path: Path, what: str) -> Path:
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; bad JSON / non-objects / missing ``_id`` -> error."""
+    """(line number, object) for each non-blank line; bad JSON / non-objects / missing ``_id`` -> error.
+
+    Lines are decoded by :func:`dpo_retrieval.data.triplets.iter_lines`, the triplet reader's decoder (a UTF-8
+    BOM is dropped; bytes that are not UTF-8 are reported with their line)."""
     _check_file(path, "JSONL file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise UserInputError.at(path, lineno, f"invalid JSON ({err.msg} at column {err.colno})") from None
-                if not isinstance(obj, dict):
-                    raise UserInputError.at(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
-                if "_id" not in obj or obj["_id"] is None or str(obj["_id"]) == "":
-                    raise UserInputError.at(path, lineno, "missing \"_id\"")
-                yield lineno, obj
-    except UnicodeDecodeError as err:
-        raise UserInputError.at(path, None, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserInputError.at(path, lineno, _json_problem(err)) from None
+        except RecursionError:
+            raise UserInputError.at(path, lineno, "invalid JSON: nested too deeply") from None
+        if not isinstance(obj, dict):
+            raise UserInputError.at(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+        if "_id" not in obj or obj["_id"] is None or str(obj["_id"]) == "":
+            raise UserInputError.at(path, lineno, "missing \"_id\"")
+        yield lineno, obj
+
+
+def check_corpus(*, corpus: str | os.PathLike | None = None, dataset: str | None = None) -> Path:
+    """The corpus file to index (``corpus``, or a BEIR ``dataset``'s corpus.jsonl), read through once
+    so that a bad line is reported before a model is loaded; empty corpora are errors."""
+    if (corpus is None) == (dataset is None):
+        raise UserInputError("give exactly one of --corpus or --dataset")
+    path = Path(corpus) if corpus is not None else resolve_dataset(dataset) / "corpus.jsonl"
+    _check_file(path, "corpus.jsonl")
+    if sum(1 for _ in iter_corpus(path)) == 0:
+        raise UserInputError.at(path, None, "empty corpus")
+    return path
 
 
 def iter_corpus(path: str | os.PathLike) -> Iterator[tuple[str, str, str]]:
@@ -200,11 +213,8 @@ def read_qrels(path: str | os.PathLike, *, doc_ids: Iterable[str] | None = None,
     qrels: dict[str, dict[str, int]] = {}
     reader = None
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
-            _read_qrels_rows(path, reader, docs, queries, qrels)
-    except UnicodeDecodeError as err:
-        raise UserInputError.at(path, None, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+        reader = csv.reader((line for _, line in iter_lines(path)), delimiter="\t", quoting=csv.QUOTE_MINIMAL)
+        _read_qrels_rows(path, reader, docs, queries, qrels)
     except csv.Error as err:
         raise UserInputError.at(path, reader.line_num if reader else None, f"malformed TSV: {err}") from None
     if not qrels:

@@ -4,13 +4,28 @@
 
 * JSON Lines (``.jsonl``, ``.ndjson``, or ``.json`` holding JSON Lines or one JSON array of objects)
   with ``query``/``anchor``, ``positive`` and ``negative`` (text or a list), ``negatives: [...]``
-  or ``negative_1 .. negative_k``;
+  or ``negative_1 .. negative_k``; this covers the files of neighbouring tools:
+
+  - FlagEmbedding: ``{"query", "pos": [...], "neg": [...]}`` (``prompt``, ``pos_scores``,
+    ``neg_scores`` and ``type`` are ignored);
+  - Tevatron: ``{"query_id", "query", "positive_passages": [{"docid", "title", "text"}],
+    "negative_passages": [...]}``; a passage object is ``(title + " " + text).strip()``
+    (:func:`join_title_text`, BEIR's convention);
+  - sentence-transformers (``mine_hard_negatives`` and its datasets): ``anchor``/``positive``/
+    ``negative`` or ``negative_1..k``, and ``query``/``answer`` (the answer is the positive) with
+    ``negative*`` columns;
+
+  A positive may be a list (``pos``, ``positives``, ``positive_passages``, ``positive_ids``): the
+  record gives one triplet per positive, each with all of the record's negatives;
 * TSV (``.tsv``, ``.txt``) and CSV (``.csv``) with 3+ columns, with or without a header row.
   Without a header the columns are query, positive, negative[, negative...] (MS MARCO
   ``triples.train.small.tsv``). TSV is plain tab-separated text with no quoting (a ``"`` is an
   ordinary character); CSV follows the usual quoting rules (:mod:`csv`);
 * Parquet (``.parquet``) and a ``Dataset.save_to_disk`` directory (a ``DatasetDict``: its
   ``train`` split), with the same column names as JSON;
+* a dataset name for ``datasets.load_dataset`` (its ``train`` split, the same column names):
+  ``hf://org/name`` or ``hf://org/name:config``, or ``org/name[:config]`` when no such file exists.
+  Offline, a dataset missing from the local cache is a one-line error;
 * id triplets: ``query_id``/``qid``, ``positive_id``/``pos_id`` and ``negative_id``/
   ``negative_ids``/``negative_id_1..k`` in any of the above (TSV/CSV: with a header row),
   looked up in a BEIR ``queries.jsonl`` and ``corpus.jsonl``. A passage is
@@ -18,11 +33,16 @@
   record has both a text field and an id field for the same role, the text is used.
 
 Field names are matched ignoring case, surrounding spaces and ``-`` vs ``_``; other fields (or
-header columns) are ignored. Every record needs the same number of negatives, k >= 1.
+header columns) are ignored. Every record needs the same number of negatives, k >= 1: a record
+with another count is an error naming its line (never cut to the smallest k). Text files are read
+by :func:`iter_lines`, the one line decoder the BEIR readers share: a UTF-8 BOM is dropped. The
+first record of a text file is checked before ``datasets`` is imported, so an empty or header-only
+file fails at once.
 
 Rows stream from disk through ``Dataset.from_generator``, which validates each record as it goes
 and writes Arrow only into the HF datasets cache. The cache key is this module's source, the input's
-path, size and mtime (and those of the corpus and queries files), so an edited file is read afresh.
+path, size and mtime (and those of the corpus and queries files; a named dataset's own fingerprint),
+so an edited file is read afresh.
 
 Bad input raises :class:`~dpo_retrieval.errors.UserInputError` with one line,
 ``path:N: problem``, where N is the 1-based line for text files and the 1-based row for Parquet and
@@ -54,6 +74,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ANCHOR",
     "POSITIVE",
+    "iter_lines",
+    "join_title_text",
     "load_beir_corpus",
     "load_beir_queries",
     "load_triplets",
@@ -70,7 +92,11 @@ _SUFFIXES = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
     ".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".parquet": "parquet",
 }
-_ROW_FORMATS = ("parquet", "hf")  # numbered by row, not by line
+_ROW_FORMATS = ("parquet", "hf", "hub")  # numbered by row, not by line
+_TEXT_FORMATS = ("jsonl", "json", "tsv", "csv")  # read without importing datasets or pyarrow
+_HUB_PREFIX = "hf://"
+#: a dataset name such as ``org/name`` or ``org/name:config`` (used when no such file exists)
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(?::[\w.-]+)?")
 _BATCH = 1024
 
 
@@ -88,9 +114,10 @@ def triplet_columns(k: int) -> list[str]:
 # field names
 _ANCHOR_TEXT = ("query", "anchor")
 _ANCHOR_ID = ("query_id", "qid", "anchor_id")
-_POSITIVE_TEXT = ("positive", "pos")
-_POSITIVE_ID = ("positive_id", "pos_id")
-_NEGATIVE_TEXT = ("negative", "negatives", "neg")
+# "answer": sentence-transformers' (query, answer) datasets; "*_passages": Tevatron's lists of passages
+_POSITIVE_TEXT = ("positive", "pos", "answer", "positives", "positive_passages")
+_POSITIVE_ID = ("positive_id", "pos_id", "positive_ids", "pos_ids")
+_NEGATIVE_TEXT = ("negative", "negatives", "neg", "negative_passages")
 _NEGATIVE_ID = ("negative_id", "negative_ids", "neg_id", "neg_ids")
 _NEGATIVE_TEXT_N = re.compile(r"(?:negative|neg)_?(\d+)")
 _NEGATIVE_ID_N = re.compile(r"(?:negative|neg)_?id_?(\d+)|(?:negative|neg)_?(\d+)_?id")
@@ -154,6 +181,22 @@ def _text(value: Any, field: str, err: Err) -> Ref:
     return ("text", value, field)
 
 
+def join_title_text(title: str | None, text: str | None) -> str:
+    """BEIR's document string: ``(title + " " + text).strip()``; a missing title or text counts as ``""``."""
+    return f"{title or ''} {text or ''}".strip()
+
+
+def _doc_text(value: Any, field: str, err: Err) -> Ref:
+    """A positive or negative: text, or a passage object ``{"title", "text", ...}`` (Tevatron)."""
+    if not isinstance(value, Mapping):
+        return _text(value, field, err)
+    joined = _passage(value, err, field)
+    if not joined:
+        blank = not (value.get("title") or value.get("text"))
+        raise err(f"{field!r} is empty" if blank else f"{field!r} is only whitespace")
+    return _text(joined, field, err)
+
+
 def _id(value: Any, field: str, kind: str, err: Err) -> Ref:
     if isinstance(value, int) and not isinstance(value, bool):
         return (kind, str(value), field)
@@ -188,6 +231,23 @@ def _single(fields: dict, text_names, id_names, id_kind: str, role: str, err: Er
               f"{id_names[0]!r} looked up in a BEIR file); fields found: {_found(keys)}")
 
 
+def _positives(fields: dict, err: Err, keys) -> list[Ref]:
+    """The positive, or each of a list of positives (FlagEmbedding ``pos``, Tevatron ``positive_passages``)."""
+    for names, convert in ((_POSITIVE_TEXT, _doc_text),
+                           (_POSITIVE_ID, lambda v, f, e: _id(v, f, "doc_id", e))):
+        name = _one_of(fields, names, err)
+        if name is None:
+            continue
+        orig, value = fields[name]
+        if not isinstance(value, (list, tuple)):
+            return [convert(value, orig, err)]
+        if not value:
+            raise err(f"{orig!r} is an empty list; at least one positive is needed")
+        return [convert(v, f"{orig}[{j}]", err) for j, v in enumerate(value)]
+    raise err(f"missing the positive: expected a field 'positive' (or 'pos', 'answer', 'positive_passages', "
+              f"or 'positive_id' looked up in a BEIR file); fields found: {_found(keys)}")
+
+
 def _negatives(fields: dict, plain: tuple[str, ...], numbered: re.Pattern, convert, err: Err) -> list[Ref] | None:
     """The negatives given one way (a plain field, maybe a list, or numbered fields), else None."""
     plain_name = _one_of(fields, plain, err)
@@ -218,8 +278,10 @@ def _negatives(fields: dict, plain: tuple[str, ...], numbered: re.Pattern, conve
     return None
 
 
-def _parse_record(record: Any, err: Err) -> tuple[Ref, Ref, list[Ref]]:
-    """A record's query, positive and negatives as refs; raises ``err(problem)`` on bad input."""
+def _parse_record(record: Any, err: Err) -> tuple[Ref, list[Ref], list[Ref]]:
+    """A record's query, positives (one or more) and negatives as refs; raises ``err(problem)`` on bad input.
+
+    A record with several positives stands for one triplet per positive, each with all the negatives."""
     if not isinstance(record, Mapping):
         raise err(f"expected an object with query/positive/negative fields, got {_describe(record)}")
     fields: dict[str, tuple[str, Any]] = {}
@@ -234,9 +296,9 @@ def _parse_record(record: Any, err: Err) -> tuple[Ref, Ref, list[Ref]]:
         fields[n] = (key, value)
     keys = list(record.keys())
     anchor = _single(fields, _ANCHOR_TEXT, _ANCHOR_ID, "query_id", "the query", err, keys)
-    positive = _single(fields, _POSITIVE_TEXT, _POSITIVE_ID, "doc_id", "the positive", err, keys)
+    positives = _positives(fields, err, keys)
     negatives = _negatives(fields, _NEGATIVE_TEXT, _NEGATIVE_TEXT_N,
-                           lambda v, f: _text(v, f, err), err)
+                           lambda v, f: _doc_text(v, f, err), err)
     if negatives is None:
         negatives = _negatives(fields, _NEGATIVE_ID, _NEGATIVE_ID_N,
                                lambda v, f: _id(v, f, "doc_id", err), err)
@@ -244,7 +306,7 @@ def _parse_record(record: Any, err: Err) -> tuple[Ref, Ref, list[Ref]]:
         raise err("missing the negatives: expected a field 'negative', 'negatives' (a list) or "
                   "'negative_1'..'negative_k' (or 'negative_id'/'negative_ids' looked up in a BEIR "
                   f"corpus); fields found: {_found(keys)}")
-    return anchor, positive, negatives
+    return anchor, positives, negatives
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,8 +333,11 @@ def _open(path):
         raise UserInputError.at(path, None, f"cannot read: {e.strerror or e}") from None
 
 
-def _lines(path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, decoded line with its line ending) for every line."""
+def iter_lines(path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, decoded line with its line ending) for every line of a UTF-8 text file.
+
+    The one line decoder of every reader here and in :mod:`dpo_retrieval.data.beir`: a UTF-8 BOM
+    before the first line is dropped; bytes that are not UTF-8 raise ``path:N: not valid UTF-8``."""
     with _open(path) as f:
         line_no = 0
         try:
@@ -294,7 +359,7 @@ def _json_problem(e: json.JSONDecodeError) -> str:
 
 def _iter_jsonl(path, what: str = "triplets", hint: str = "") -> Iterator[tuple[int, Any]]:
     saw_lines = saw_records = False
-    for line_no, line in _lines(path):
+    for line_no, line in iter_lines(path):
         saw_lines = True
         if not line.strip():
             continue
@@ -381,12 +446,12 @@ def _iter_json(path) -> Iterator[tuple[int, Any]]:
 
 
 def _tsv_rows(path) -> Iterator[tuple[int, list[str]]]:
-    for line_no, line in _lines(path):
+    for line_no, line in iter_lines(path):
         yield line_no, line.rstrip("\r\n").split("\t")
 
 
 def _csv_rows(path) -> Iterator[tuple[int, list[str]]]:
-    lines = (line for _, line in _lines(path))
+    lines = (line for _, line in iter_lines(path))
     reader = csv.reader(lines, strict=True)
     while True:
         start = reader.line_num + 1
@@ -497,8 +562,44 @@ def _iter_saved(path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise UserInputError.at(path, None, f"the saved DatasetDict has no 'train' split "
                                                 f"(splits: {', '.join(ds) or 'none'})")
         ds = ds["train"]
-    if not isinstance(ds, datasets.Dataset) or ds.num_rows == 0:
-        raise UserInputError.at(path, None, "no triplets: the saved dataset has 0 rows")
+    return _iter_dataset(ds, path, "saved")
+
+
+def _hub_name(spec: str) -> tuple[str, str | None]:
+    """``hf://org/name:config`` or ``org/name:config`` -> (``org/name``, ``config`` or None)."""
+    name, _, config = spec.removeprefix(_HUB_PREFIX).partition(":")
+    return name, config or None
+
+
+def _load_named(spec: str) -> "datasets.Dataset":
+    """The ``train`` split of a dataset name through ``datasets.load_dataset`` (a one-line error if it fails)."""
+    import datasets
+
+    name, config = _hub_name(spec)
+    try:
+        ds = datasets.load_dataset(name, config, split="train")
+    except Exception as e:  # noqa: BLE001 - offline, not found, no train split...: one line, no traceback
+        from huggingface_hub import constants
+
+        if datasets.config.HF_HUB_OFFLINE or constants.HF_HUB_OFFLINE:
+            offline = ", ".join(f"{v}={os.environ[v]}" for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+                                if os.environ.get(v)) or "offline mode"
+            raise UserInputError.at(spec, None, f"no such file or directory, and dataset {name!r} is not in the "
+                                                f"local HF datasets cache (offline: {offline}); load it once "
+                                                "online, or give a file") from None
+        first = next((line for line in str(e).splitlines() if line.strip()), "")
+        raise UserInputError.at(spec, None, f"no such file or directory, and datasets.load_dataset({name!r}"
+                                            f"{', ' + repr(config) if config else ''}, split='train') failed: "
+                                            f"{type(e).__name__}: {first}") from None
+    if not isinstance(ds, datasets.Dataset):
+        raise UserInputError.at(spec, None, f"datasets.load_dataset({name!r}) gave a {type(ds).__name__}, "
+                                            "not one split")
+    return ds
+
+
+def _iter_dataset(ds: "datasets.Dataset", path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    if ds.num_rows == 0:
+        raise UserInputError.at(path, None, f"no triplets: the {what} dataset has 0 rows")
     row = 0
     for batch in ds.iter(batch_size=_BATCH):
         columns = list(batch)
@@ -516,6 +617,8 @@ def _records(kind: str, path) -> Iterator[tuple[int, Any]]:
         return _iter_delimited(path, kind)
     if kind == "parquet":
         return _iter_parquet(path)
+    if kind == "hub":
+        return _iter_dataset(_load_named(path), path, "named")
     return _iter_saved(path)
 
 
@@ -551,19 +654,24 @@ def _beir_jsonl(path, what: str, items: str, ids: Collection[str] | None,
     return out
 
 
-def _field(obj: dict, name: str, err: Err, required: bool) -> str:
+def _field(obj: Mapping, name: str, err: Err, required: bool, owner: str | None = None) -> str:
+    """``obj[name]`` as text; ``owner`` names the object when it is a field of a record (a passage)."""
     v = obj.get(name)
     if v is None:
         if required:
+            if owner is not None:
+                raise err(f"{owner!r} has no {name!r}" if name not in obj else f"'{owner}.{name}' is null")
             raise err(f"missing field {name!r}" if name not in obj else f"{name!r} is null")
         return ""
     if not isinstance(v, str):
-        raise err(f"{name!r} must be text, got {_describe(v)}")
+        where = name if owner is None else f"{owner}.{name}"
+        raise err(f"{where!r} must be text, got {_describe(v)}")
     return v
 
 
-def _passage(obj: dict, err: Err) -> str:
-    return (_field(obj, "title", err, required=False) + " " + _field(obj, "text", err, required=True)).strip()
+def _passage(obj: Mapping, err: Err, owner: str | None = None) -> str:
+    """A BEIR document or a Tevatron passage as one string, :func:`join_title_text`."""
+    return join_title_text(_field(obj, "title", err, False, owner), _field(obj, "text", err, True, owner))
 
 
 def load_beir_corpus(path: str | os.PathLike, *, ids: Collection[str] | None = None) -> dict[str, str]:
@@ -589,8 +697,8 @@ def _generate_triplets(kind: str, path: str, corpus: str | None, queries: str | 
         # first pass: which ids are needed, so only those texts are held in memory
         wanted: dict[str, set[str]] = {"query_id": set(), "doc_id": set()}
         for n, record in _records(kind, path):
-            a, p, negs = _parse_record(record, _at(path, n))
-            for ref in (a, p, *negs):
+            a, ps, negs = _parse_record(record, _at(path, n))
+            for ref in (a, *ps, *negs):
                 if ref[0] != "text":
                     wanted[ref[0]].add(ref[1])
         if not wanted["query_id"] and not wanted["doc_id"]:
@@ -622,16 +730,16 @@ def _generate_triplets(kind: str, path: str, corpus: str | None, queries: str | 
     k = first = None
     for n, record in _records(kind, path):
         err = _at(path, n)
-        anchor, positive, negatives = _parse_record(record, err)
+        anchor, positives, negatives = _parse_record(record, err)
         if k is None:
             k, first = len(negatives), n
         elif len(negatives) != k:
             raise err(f"{len(negatives)} negative{'s' if len(negatives) != 1 else ''}, but {unit} {first} "
                       f"has {k}; every triplet needs the same number")
-        row = {ANCHOR: resolve(anchor, err), POSITIVE: resolve(positive, err)}
-        for i, ref in enumerate(negatives, 1):
-            row[f"negative_{i}"] = resolve(ref, err)
-        yield row
+        query = resolve(anchor, err)
+        negative_texts = {f"negative_{i}": resolve(ref, err) for i, ref in enumerate(negatives, 1)}
+        for positive in positives:
+            yield {ANCHOR: query, POSITIVE: resolve(positive, err), **negative_texts}
 
 
 _CODE_HASH: str | None = None
@@ -661,7 +769,11 @@ def _stamp(p: Path) -> str:
 
 def _kind_of(path: str) -> str:
     p = Path(path)
+    if path.startswith(_HUB_PREFIX):
+        return "hub"
     if not p.exists():
+        if _HUB_NAME.fullmatch(path) and p.suffix.lower() not in _SUFFIXES:
+            return "hub"  # a dataset name for datasets.load_dataset
         raise UserInputError.at(path, None, "no such file or directory")
     if p.is_dir():
         if (p / "state.json").is_file() or (p / "dataset_dict.json").is_file():
@@ -687,6 +799,18 @@ def _beir_arg(path: str | os.PathLike | None, what: str) -> str | None:
     return s
 
 
+def _check_first_record(kind: str, path: str) -> None:
+    """Read and check the first record alone: an empty, header-only or malformed file fails at once."""
+    records = _records(kind, path)
+    try:
+        n, record = next(records)
+    except StopIteration:  # the readers raise on a file without records; this is a guard
+        raise UserInputError.at(path, 1, "no triplets") from None
+    finally:
+        records.close()
+    _parse_record(record, _at(path, n))
+
+
 def _user_error(exc: BaseException) -> UserInputError | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -706,13 +830,16 @@ def load_triplets(path: str | os.PathLike, *, corpus: str | os.PathLike | None =
     id triplets. ``cache_dir`` overrides the HF datasets cache (the only place anything is written).
     Bad input raises :class:`UserInputError` naming the file, the line (or row) and the problem.
     """
-    import datasets
-
     path = os.fspath(path)
     kind = _kind_of(path)
     corpus_s, queries_s = _beir_arg(corpus, "corpus"), _beir_arg(queries, "queries")
+    if kind in _TEXT_FORMATS:  # the first record, before the second it takes to import datasets
+        _check_first_record(kind, path)
+    import datasets
+
     try:
-        key = "\n".join([_code_hash(), kind, _stamp(Path(path)),
+        stamp = f"{path}:{_load_named(path)._fingerprint}" if kind == "hub" else _stamp(Path(path))
+        key = "\n".join([_code_hash(), kind, stamp,
                          _stamp(Path(corpus_s)) if corpus_s else "-",
                          _stamp(Path(queries_s)) if queries_s else "-"])
     except OSError as e:
@@ -753,17 +880,17 @@ def save_triplets(dataset: "datasets.Dataset | Iterable[Mapping[str, Any]]", pat
                 def err(problem: str, i: int = i) -> ValueError:
                     return ValueError(f"save_triplets: row {i}: {problem}")
 
-                anchor, positive, negatives = _parse_record(record, err)
-                refs = [anchor, positive, *negatives]
-                if any(r[0] != "text" for r in refs):
+                anchor, positives, negatives = _parse_record(record, err)
+                if any(r[0] != "text" for r in (anchor, *positives, *negatives)):
                     raise err("holds ids, not texts; resolve them before saving")
                 if k is None:
                     k = len(negatives)
                 elif len(negatives) != k:
                     raise err(f"{len(negatives)} negatives, but row 1 has {k}")
-                row = dict(zip(triplet_columns(k), (r[1] for r in refs)))
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
+                for positive in positives:  # one triplet per positive
+                    row = dict(zip(triplet_columns(k), (r[1] for r in (anchor, positive, *negatives))))
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    count += 1
             if count == 0:
                 raise ValueError("save_triplets: no triplets to save")
             f.flush()

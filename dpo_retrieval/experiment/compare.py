@@ -74,6 +74,8 @@ class CompareConfig:
     mining: MineConfig = field(default_factory=MineConfig, metadata={"help": "mining settings"})
     show_progress_bar: bool = field(default=True, metadata={"help": "progress bars"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from model directories"})
+    backend: str = field(default="torch", metadata={"help": "encoding backend for mining and evaluation: auto, "
+                                                            "torch or onnx (training always runs torch)"})
 
     def resolved(self) -> "CompareConfig":
         if self.preset not in PRESETS:
@@ -86,6 +88,9 @@ class CompareConfig:
             raise UserInputError("--max-triplets: must be > 0")
         from dpo_retrieval.losses import POLICY_DEFAULTS
 
+        from dpo_retrieval.retrieval.backends import check_backend
+
+        check_backend(self.backend)
         if self.dropout not in ("on", "off"):
             raise UserInputError(f"--dropout: choose on or off, got {self.dropout!r}")
         if self.policy not in POLICY_DEFAULTS:
@@ -188,7 +193,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     test_texts = [text for ds in test_sets for text in ds.queries.values()]
     pool = [q for q in train_split.qrels if q in train_split.queries]
     mine_stage = Stage(run / "mine.stage.json", {
-        "dataset": _dataset_stamp(train_split.path), "encoding": encoding_key(base_id, precision, docs_digest(train_split)),
+        "dataset": _dataset_stamp(train_split.path), "encoding": encoding_key(base_id, precision, docs_digest(train_split), backend=cfg.backend),
         "queries": queries_digest(train_split), "mining": dataclasses.asdict(cfg.mining),
         "dropped_test_overlap": overlapping_queries(pool, train_split.queries, test_texts),
         "eval_max_seq_length": cfg.eval_max_seq_length})
@@ -197,7 +202,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         logger.info("[mine] up to date, skipped (%s)", mine_dir)
     else:
         base = load_model(cfg.model, device=cfg.device, max_seq_length=cfg.eval_max_seq_length,
-                          trust_remote_code=cfg.trust_remote_code)
+                          trust_remote_code=cfg.trust_remote_code, backend=cfg.backend)
         mine_stage.start()
         info = mine(base, train_split, mine_dir, cfg.mining, precision=cfg.precision, batch_size=cfg.eval_batch_size,
                     embeddings_cache=emb_dir / "base" / f"{train_split.name}.npy", exclude_texts=test_texts,
@@ -254,13 +259,13 @@ def run_compare(cfg: CompareConfig) -> dict:
         for ds_name, ds in eval_sets:
             path = run / "eval" / name / f"{ds_name}.json"
             stage = Stage(path.with_suffix(".stage.json"), {
-                "encoding": encoding_key(model_stages[name], precision, docs_digest(ds)),
+                "encoding": encoding_key(model_stages[name], precision, docs_digest(ds), backend=cfg.backend),
                 "dataset": _dataset_stamp(ds.path), "split": ds.split, "queries": queries_digest(ds),
                 "max_seq_length": cfg.eval_max_seq_length, "top_k": cfg.top_k})
             if not (stage.done() and path.exists()):
                 if loaded is None:
                     loaded = load_model(mdir, device=cfg.device, max_seq_length=cfg.eval_max_seq_length,
-                                        trust_remote_code=cfg.trust_remote_code)
+                                        trust_remote_code=cfg.trust_remote_code, backend=cfg.backend)
                 stage.start()
                 result = evaluate_model(loaded, ds, top_k=cfg.top_k, precision=cfg.precision,
                                         batch_size=cfg.eval_batch_size, include_run=False, model_name=mdir,

@@ -132,7 +132,8 @@ def encoding_key(model_id: str, precision: str, texts_digest: str, **extra) -> d
 
 
 def _cache_meta(doc_ids: list[str], model_settings: Mapping, key: Mapping | None = None) -> dict:
-    keys = ("dimension", "max_seq_length", "similarity", "normalize_embeddings", "doc_join", "probe", "two_towers")
+    keys = ("dimension", "max_seq_length", "similarity", "normalize_embeddings", "doc_join", "probe", "two_towers",
+            "backend")
     return {"count": len(doc_ids), "key": dict(key or {}),
             **{k: model_settings.get(k) for k in keys}, "model": model_settings.get("model")}
 

@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from dpo_retrieval.data.triplets import join_title_text  # noqa: F401 - the one title + text join, re-exported here
 from dpo_retrieval.errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -25,9 +26,6 @@ TASKS = ("query", "document")
 DOC_JOIN = "title + ' ' + text, stripped"
 
 
-def join_title_text(title: str | None, text: str | None) -> str:
-    """BEIR's document string: ``(title + " " + text).strip()``; a missing title or text counts as ``""``."""
-    return f"{title or ''} {text or ''}".strip()
 
 
 def _device_type(model) -> str:
@@ -38,9 +36,18 @@ def _device_type(model) -> str:
 
 
 def resolved_precision(model, precision: str = "auto") -> str:
-    """The precision ``encode_texts`` will really use for this model: fp32, bf16 or fp16."""
+    """The precision ``encode_texts`` will really use for this model: fp32, bf16 or fp16.
+
+    A model on the ONNX backend always runs fp32 (``auto`` resolves to it; bf16/fp16 are refused)."""
+    from dpo_retrieval.retrieval.backends import model_backend
     from dpo_retrieval.models import resolve_precision
 
+    if model_backend(model) == "onnx":
+        if precision in ("bf16", "fp16"):
+            raise UserInputError(f"--precision {precision}: the onnx backend runs fp32; use --backend torch "
+                                 f"for {precision}")
+        resolve_precision(precision, "cpu")  # rejects unknown values
+        return "fp32"
     return resolve_precision(precision, _device_type(model))
 
 

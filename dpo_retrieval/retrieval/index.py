@@ -109,6 +109,7 @@ def _min_train_points(factory: str) -> int:
 
 def model_settings(model, *, model_name: str | None = None, precision: str = "auto") -> dict:
     """What must match between the corpus side and the query side (plus provenance)."""
+    from dpo_retrieval.retrieval.backends import model_backend
     from dpo_retrieval.models import has_two_towers
 
     similarity, normalize, metric = similarity_settings(model)
@@ -130,6 +131,7 @@ def model_settings(model, *, model_name: str | None = None, precision: str = "au
         "document_task": "document",
         "doc_join": DOC_JOIN,
         "precision": resolved_precision(model, precision),
+        "backend": model_backend(model),
         "probe": [round(float(x), 6) for x in probe],
     }
 

@@ -103,7 +103,7 @@ def search_dataset(model, dataset: BeirDataset, top_k: int, *, batch_size: int =
         cache = Path(embeddings_cache) if embeddings_cache else None
         if cache is not None:
             key = encoding_key(model_key or model_id(model_name, model), resolved_precision(model, precision),
-                               corpus_digest(dataset))
+                               corpus_digest(dataset), backend=settings.get("backend") or "torch")
         expect = _cache_meta(doc_ids, settings, key)
         emb = _load_cached_embeddings(cache, expect) if cache is not None else None
         t0 = time.perf_counter()

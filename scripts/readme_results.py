@@ -1,0 +1,118 @@
+"""Reproduce the `compare` figures quoted in README.md and record them under benchmarks/results/.
+
+Each entry runs one `dpo-retrieval compare` (resumable: its stages are cached in the run directory,
+so a killed run continues where it stopped) and writes `benchmarks/results/compare_<name>.json`:
+the exact command, the wall time of that invocation, the machine load before and after, the CPU
+model, and the run's report.json (per-query arrays are not part of report.json). The dropout
+ablation is written by scripts/compare_runs.py from the two quick runs.
+
+    DPO_RETRIEVAL_DATA=../shared/data/beir python scripts/readme_results.py            # all
+    DPO_RETRIEVAL_DATA=../shared/data/beir python scripts/readme_results.py quick full  # some
+
+Wall times are only comparable when the machine was otherwise idle: check `load_average_start`.
+The dropout and full runs start from a copy of the quick run's mining and base-model corpus
+embeddings (same base model, seed and mining settings, so the same stage keys): they re-mine nothing,
+and their wall time covers training and evaluation only (`reused_mining_from` says so).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = {
+    "scifact_quick": ["--dataset", "scifact", "--preset", "quick", "--output", "runs/scifact-quick"],
+    "scifact_quick_dropout_off": ["--dataset", "scifact", "--preset", "quick", "--dropout", "off",
+                                  "--output", "runs/scifact-quick-dropout-off"],
+    "scifact_full": ["--dataset", "scifact", "--preset", "full", "--output", "runs/scifact-full"],
+}
+ALIASES = {"quick": "scifact_quick", "dropout": "scifact_quick_dropout_off", "full": "scifact_full"}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _write(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+QUICK_DIR = ROOT / "runs" / "scifact-quick"
+
+
+def reuse_mining(out_dir: Path) -> bool:
+    """Copy the quick run's mining stage and base corpus embeddings into a new run directory."""
+    if out_dir.exists() or not (QUICK_DIR / "mine.stage.json").exists():
+        return False
+    out_dir.mkdir(parents=True)
+    shutil.copytree(QUICK_DIR / "mine", out_dir / "mine")
+    shutil.copy2(QUICK_DIR / "mine.stage.json", out_dir / "mine.stage.json")
+    if (QUICK_DIR / "embeddings" / "base").is_dir():
+        shutil.copytree(QUICK_DIR / "embeddings" / "base", out_dir / "embeddings" / "base")
+    (out_dir / "REUSED_MINING").write_text("mine/ and embeddings/base/ copied from runs/scifact-quick\n")
+    return True
+
+
+def run_one(name: str) -> None:
+    exe = shutil.which("dpo-retrieval") or str(Path(sys.executable).with_name("dpo-retrieval"))
+    args = RUNS[name]
+    command = "dpo-retrieval compare " + " ".join(args)
+    out_dir = ROOT / args[args.index("--output") + 1]
+    resumed = (out_dir / "config.json").exists()
+    if name != "scifact_quick":
+        reuse_mining(out_dir)
+    reused = (out_dir / "REUSED_MINING").exists()
+    print(f"[{name}] {command}" + (" (resuming)" if resumed else ""), flush=True)
+    load_start = os.getloadavg()
+    start = time.perf_counter()
+    subprocess.run([exe, "compare", *args], cwd=ROOT, check=True)
+    wall = time.perf_counter() - start
+    report = json.loads((out_dir / "report.json").read_text())
+    _write(RESULTS / f"compare_{name}.json", {
+        "command": command,
+        "environment": "DPO_RETRIEVAL_DATA=../shared/data/beir (BEIR folder), HF_HUB_OFFLINE=1",
+        "wall_time_s": round(wall, 1),
+        "resumed_from_an_earlier_invocation": resumed,
+        "reused_mining_from": "runs/scifact-quick" if reused else None,
+        "load_average_start": [round(x, 2) for x in load_start],
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "report": report,
+    })
+    print(f"[{name}] done in {wall / 60:.1f} min -> benchmarks/results/compare_{name}.json", flush=True)
+
+
+def main() -> None:
+    names = [ALIASES.get(n, n) for n in sys.argv[1:]] or list(RUNS)
+    unknown = [n for n in names if n not in RUNS]
+    if unknown:
+        sys.exit(f"unknown run(s) {unknown}; choose from {list(RUNS)} or {list(ALIASES)}")
+    for name in names:
+        run_one(name)
+    if {"scifact_quick", "scifact_quick_dropout_off"} <= set(names):
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), "runs/scifact-quick",
+                        "runs/scifact-quick-dropout-off", "--json",
+                        str(RESULTS / "dropout_ablation_scifact_quick.json")], cwd=ROOT, check=True)
+
+
+if __name__ == "__main__":
+    main()
