@@ -356,3 +356,12 @@ def test_index_a_dataset_by_name(tiny_model, data_root, tmp_path):
     assert index.meta["corpus"] == str((data_root / "toy" / "corpus.jsonl").resolve())
     with pytest.raises(UserInputError, match="exactly one of --corpus or --dataset"):
         search_mod.index_corpus(tiny_model, tmp_path / "idx2")
+
+
+def test_load_beir_reads_a_clean_dataset_with_beirs_loader(tmp_path, monkeypatch):
+    """A clean dataset is read once by BEIR's GenericDataLoader; the line-by-line diagnosis is for bad files
+    (stage A moved the loader's log filter away from the reader, so every load fell back to the slow path)."""
+    make_dataset(tmp_path / "toy")
+    monkeypatch.setattr(beir_mod, "_diagnose", lambda *a, **k: pytest.fail("re-read line by line"))
+    ds = beir_mod.load_beir(str(tmp_path / "toy"), "test")
+    assert ds.qrels and ds.corpus

@@ -118,7 +118,7 @@ def test_tevatron_passages_join_title_and_text_one_row_per_positive(tmp_path, lo
 
 
 def test_tevatron_passage_text_is_the_beir_join():
-    from dpo_retrieval.data.triplets import _passage
+    from dpo_retrieval.data.fields import _passage
     from dpo_retrieval.retrieval.encoding import join_title_text
 
     obj = {"title": " T ", "text": "body "}

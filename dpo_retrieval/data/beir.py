@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from dpo_retrieval.errors import UserInputError
-from dpo_retrieval.data.triplets import _json_problem, iter_lines, join_title_text
+from dpo_retrieval.data.fields import join_title_text
+from dpo_retrieval.data.lines import _json_problem, iter_lines
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,24 @@ def resolve_dataset(name_or_path: str | os.PathLike, *, download: bool = True) -
     return download_beir(s, data_root())
 
 
+class _quiet_beir:
+    """Silence BEIR's INFO chatter (its ``beir`` logger, and the metric lines it logs on the root logger)."""
+
+    @staticmethod
+    def _drop(record: logging.LogRecord) -> bool:
+        return not (record.name == "root" and record.levelno < logging.WARNING)
+
+    def __enter__(self):
+        self.beir = logging.getLogger("beir")
+        self.level = self.beir.level
+        self.beir.setLevel(max(self.level, logging.WARNING))
+        logging.getLogger().addFilter(self._drop)
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger().removeFilter(self._drop)
+        self.beir.setLevel(self.level)
+
+
 # ----------------------------------------------------------------------------------------------
 # BEIR files, read with file:line errors
 def _check_file(path: Path, what: str) -> Path:
@@ -131,7 +150,7 @@ def _check_file(path: Path, what: str) -> Path:
 def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line; bad JSON / non-objects / missing ``_id`` -> error.
 
-    Lines are decoded by :func:`dpo_retrieval.data.triplets.iter_lines`, the triplet reader's decoder (a UTF-8
+    Lines are decoded by :func:`dpo_retrieval.data.lines.iter_lines`, the triplet readers' decoder (a UTF-8
     BOM is dropped; bytes that are not UTF-8 are reported with their line)."""
     _check_file(path, "JSONL file")
     for lineno, line in iter_lines(path):

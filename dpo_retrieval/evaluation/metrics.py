@@ -5,9 +5,9 @@ Mean metrics come from BEIR's ``EvaluateRetrieval`` (pytrec_eval), per-query val
 
 from __future__ import annotations
 
-import logging
 from typing import Iterable, Mapping
 
+from dpo_retrieval.data.beir import _quiet_beir
 from dpo_retrieval.errors import UserInputError
 
 #: k values handed to BEIR; the report picks the metrics below from what it returns.
@@ -19,24 +19,6 @@ TABLE = ("ndcg@10", "ndcg@100", "map@100", "recall@10", "recall@100", "recall@10
 
 # ----------------------------------------------------------------------------------------------
 # metrics: pure functions over runs {qid: {docid: score}}
-class _quiet_beir:
-    """Silence BEIR's INFO chatter (its ``beir`` logger, and the metric lines it logs on the root logger)."""
-
-    @staticmethod
-    def _drop(record: logging.LogRecord) -> bool:
-        return not (record.name == "root" and record.levelno < logging.WARNING)
-
-    def __enter__(self):
-        self.beir = logging.getLogger("beir")
-        self.level = self.beir.level
-        self.beir.setLevel(max(self.level, logging.WARNING))
-        logging.getLogger().addFilter(self._drop)
-
-    def __exit__(self, *exc) -> None:
-        logging.getLogger().removeFilter(self._drop)
-        self.beir.setLevel(self.level)
-
-
 def _without_self_hits(run: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
     """A copy of ``run`` without query-id == doc-id hits (BEIR's ``ignore_identical_ids=True``)."""
     return {q: {d: float(s) for d, s in hits.items() if d != q} for q, hits in run.items()}

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from dpo_retrieval.data.triplets import join_title_text  # noqa: F401 - the one title + text join, re-exported here
+from dpo_retrieval.data.fields import join_title_text  # noqa: F401 - the one title + text join, re-exported here
 from dpo_retrieval.errors import UserInputError
 
 logger = logging.getLogger(__name__)
