@@ -750,8 +750,14 @@ def test_remote_code_is_off_unless_asked(tmp_path, tiny_model_path, monkeypatch)
     load_model(tiny_model_path, device="cpu")
     load_model(tiny_model_path, device="cpu", trust_remote_code=True)
     assert seen == [False, True]
+    from dpo_retrieval.cli import train_parser
+
+    train_cmd = ["--triplets", "t", "--output", "o"]  # train's parser is generated from its dataclasses
+    assert train_parser().parse_args_into_dataclasses(train_cmd, look_for_args_file=False)[0].trust_remote_code is False
+    assert train_parser().parse_args_into_dataclasses([*train_cmd, "--trust-remote-code"],
+                                                      look_for_args_file=False)[0].trust_remote_code is True
     parser = build_parser()
-    for cmd in (["train", "--triplets", "t", "--output", "o"], ["index", "--corpus", "c", "--output", "o"],
+    for cmd in (["index", "--corpus", "c", "--output", "o"],
                 ["search", "--index", "i", "--query", "q"], ["evaluate", "--dataset", "d", "--output", "o"],
                 ["mine", "--dataset", "d", "--output", "o"], ["compare", "--dataset", "d", "--output", "o"]):
         assert parser.parse_args(cmd).trust_remote_code is False

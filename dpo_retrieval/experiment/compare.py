@@ -39,7 +39,7 @@ PRESETS = {
     "quick": {"max_triplets": 256, "train_max_seq_length": 128, "epochs": 1.0, "batch_size": 32, "lr": 5e-5},
     "full": {"max_triplets": None, "train_max_seq_length": 256, "epochs": 1.0, "batch_size": 32, "lr": 2e-5},
 }
-#: TrainConfig fields only the DPO loss reads (training.build_loss / train): left out of the other
+#: DPOArgs fields only the DPO loss reads (training.build_loss / train): left out of the other
 #: losses' stage keys, so a DPO-only change does not retrain contrastive or dpr.
 DPO_ONLY = ("beta", "scale", "policy", "loss_type", "label_smoothing", "reference_free", "reference", "reference_model")
 METRIC_NAMES = {"ndcg@10": "NDCG@10", "recall@100": "Recall@100", "map@100": "MAP@100", "mrr@10": "MRR@10"}
@@ -117,16 +117,24 @@ def _to_report_entry(result: dict, train_time: float | None) -> dict:
     }
 
 
-def _train_config(cfg: CompareConfig, loss: str, output: Path, triplets: Path):
-    from dpo_retrieval.training import TrainConfig
+#: the training arguments that enter a training stage's key
+TRAINING_KEY = ("num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+                "learning_rate", "warmup_steps", "logging_steps", "save_steps", "seed")
 
-    return TrainConfig(
-        triplets=str(triplets), output=str(output), model=cfg.model, loss=loss, beta=cfg.beta, scale=cfg.scale,
-        policy=cfg.policy, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing, epochs=cfg.epochs,
-        dropout=cfg.dropout,
-        batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, max_seq_length=cfg.train_max_seq_length,
-        seed=cfg.seed, device=cfg.device, precision=cfg.precision, show_progress_bar=cfg.show_progress_bar,
-        logging_steps=1, save_steps=50, trust_remote_code=cfg.trust_remote_code)
+
+def _train_config(cfg: CompareConfig, loss: str, output: Path, triplets: Path):
+    """``(TrainArgs, DPOArgs, training arguments)`` of one loss's training run, checked."""
+    from dpo_retrieval.training.args import DPOArgs, TrainArgs, check_training_arguments, training_arguments
+
+    inputs = TrainArgs(triplets=str(triplets), model=cfg.model, loss=loss, max_seq_length=cfg.train_max_seq_length,
+                       device=cfg.device, precision=cfg.precision, trust_remote_code=cfg.trust_remote_code).check()
+    dpo = DPOArgs(beta=cfg.beta, scale=cfg.scale, policy=cfg.policy, loss_type=cfg.loss_type,
+                  label_smoothing=cfg.label_smoothing, dropout=cfg.dropout).resolved()
+    args = training_arguments(str(output), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+                              learning_rate=cfg.lr, warmup_steps=cfg.warmup, seed=cfg.seed, logging_steps=1,
+                              save_steps=50, disable_tqdm=not cfg.show_progress_bar)
+    check_training_arguments(args)
+    return inputs, dpo, args
 
 
 def check_options(cfg: CompareConfig) -> tuple[CompareConfig, str]:
@@ -136,8 +144,8 @@ def check_options(cfg: CompareConfig) -> tuple[CompareConfig, str]:
 
     cfg = cfg.resolved()
     run = Path(cfg.output)
-    for loss in cfg.losses:  # the same TrainConfig.resolved() that train() runs after mining
-        _train_config(cfg, loss, run / "models" / loss, run / "train_triplets.jsonl").resolved()
+    for loss in cfg.losses:  # the same checks train() runs after mining
+        _train_config(cfg, loss, run / "models" / loss, run / "train_triplets.jsonl")
     for ok, message in ((cfg.top_k > 0, f"--top-k: must be > 0, got {cfg.top_k}"),
                         (cfg.eval_batch_size > 0, f"--eval-batch-size: must be > 0, got {cfg.eval_batch_size}"),
                         (cfg.eval_max_seq_length > 0,
@@ -227,10 +235,10 @@ def run_compare(cfg: CompareConfig) -> dict:
     model_stages = {"base": base_id}
     for loss in cfg.losses:
         out = run / "models" / loss
-        tcfg = _train_config(cfg, loss, out, train_file)
-        settings = {k: v for k, v in dataclasses.asdict(tcfg.resolved()).items()
-                    if k not in ("triplets", "output", "show_progress_bar", "model")
-                    and (loss == "dpo" or k not in DPO_ONLY)}
+        inputs, dpo, targs = _train_config(cfg, loss, out, train_file)
+        settings = {**{k: v for k, v in dataclasses.asdict(inputs).items() if k not in ("triplets", "model")},
+                    **{k: v for k, v in dataclasses.asdict(dpo).items() if loss == "dpo" or k not in DPO_ONLY},
+                    **{k: getattr(targs, k) for k in TRAINING_KEY}}
         # the training texts are the data stage's (its hash covers the mined triplets' key)
         key = {"encoding": encoding_key(base_id, precision, data_stage.hash), "train": settings}
         stage = Stage(run / "models" / f"{loss}.stage.json", key)
@@ -243,7 +251,7 @@ def run_compare(cfg: CompareConfig) -> dict:
             if out.exists() and not resume:
                 shutil.rmtree(out)
             stage.start()
-            train(dataclasses.replace(tcfg, resume=resume))
+            train(dataclasses.replace(inputs, resume=resume), targs, dpo)
             summary = json.loads((out / "train_summary.json").read_text())
             stage.finish(train_seconds=summary["train_seconds"], steps=summary["steps"])
         train_times[loss] = stage.info().get("train_seconds")

@@ -15,12 +15,16 @@ from pathlib import Path
 from dpo_retrieval._io import write_json
 from dpo_retrieval.errors import UserInputError
 from dpo_retrieval.losses import DPOLoss
-from dpo_retrieval.training.args import LOSSES, TrainConfig
+from dpo_retrieval.training.args import LOSSES, DPOArgs, TrainArgs, check_training_arguments
 from dpo_retrieval.training.save import _latest_checkpoint, _truncate_log, save_model_atomically
 from dpo_retrieval.training.trainer import (FiniteGradientCallback, JsonlLogCallback, NonFiniteError,
                                             PreferenceTrainer, disable_dropout)
 
 logger = logging.getLogger(__name__)
+#: the training arguments recorded in train_summary.json
+TRAINING_SUMMARY = ("output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                    "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type", "warmup_steps",
+                    "weight_decay", "logging_steps", "save_steps", "seed", "report_to", "push_to_hub", "hub_model_id")
 
 
 def task_prompt(model, task: str) -> str | None:
@@ -43,41 +47,46 @@ def training_prompts(model, query_col: str, doc_cols: list[str]) -> dict[str, st
     return prompts
 
 
-def build_loss(cfg: TrainConfig, model, reference=None):
-    """The loss object for ``cfg.loss`` (DPO here; the baselines are sentence-transformers' own)."""
-    if cfg.loss == "dpo":
-        return DPOLoss(model, beta=cfg.beta, scale=cfg.scale, policy=cfg.policy, loss_type=cfg.loss_type,
-                       label_smoothing=cfg.label_smoothing, reference_free=cfg.reference_free, reference=reference)
+def build_loss(loss: str, model, dpo: DPOArgs | None = None, reference=None):
+    """The loss object for ``loss`` (DPO here, set by ``dpo``; the baselines are sentence-transformers' own)."""
+    if loss == "dpo":
+        dpo = (dpo or DPOArgs()).resolved()
+        return DPOLoss(model, beta=dpo.beta, scale=dpo.scale, policy=dpo.policy, loss_type=dpo.loss_type,
+                       label_smoothing=dpo.label_smoothing, reference_free=dpo.reference_free, reference=reference)
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.util import cos_sim, dot_score
 
-    if cfg.loss == "contrastive":
+    if loss == "contrastive":
         return MultipleNegativesRankingLoss(model, scale=20.0, similarity_fct=cos_sim)
-    if cfg.loss == "dpr":  # Karpukhin et al. 2020: dot product, no temperature
+    if loss == "dpr":  # Karpukhin et al. 2020: dot product, no temperature
         return MultipleNegativesRankingLoss(model, scale=1.0, similarity_fct=dot_score)
-    raise ValueError(f"Unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
+    raise ValueError(f"Unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train one model as ``cfg`` says and return its directory. Bad input fails before anything is written."""
-    from sentence_transformers import SentenceTransformerTrainingArguments
+def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
+    """Train one model and return its directory, ``args.output_dir``. Bad input fails before anything is written.
+
+    ``args``: sentence-transformers' ``SentenceTransformerTrainingArguments`` (see
+    :func:`~dpo_retrieval.training.args.training_arguments`); checkpoints go to ``output_dir/checkpoints``;
+    ``bf16``/``fp16``/``use_cpu`` follow ``cfg.precision`` and ``cfg.device``."""
     from sentence_transformers.base.sampler import BatchSamplers
 
     from dpo_retrieval.data.triplets import load_triplets
     from dpo_retrieval.models import has_two_towers, load_model, make_two_towers, resolve_device, resolve_precision
     from dpo_retrieval.training.reference import OnlineReference, add_reference_scores
 
-    cfg = cfg.resolved()
-    output = Path(cfg.output)
+    cfg, dpo = cfg.check(), (dpo or DPOArgs()).resolved()
+    check_training_arguments(args)
+    output = Path(args.output_dir)
     checkpoints = output / "checkpoints"
     resume_from = _latest_checkpoint(checkpoints) if cfg.resume else None
     if output.exists() and not output.is_dir():
-        raise UserInputError(f"--output: {output} exists and is not a directory")
+        raise UserInputError(f"output_dir: {output} exists and is not a directory")
     if output.exists() and any(output.iterdir()) and not cfg.resume:
-        raise UserInputError(f"--output: {output} already exists and is not empty; pass --resume to continue "
+        raise UserInputError(f"output_dir: {output} already exists and is not empty; pass --resume to continue "
                              "its training or choose a new directory")
     if cfg.resume and resume_from is None and (output / "modules.json").exists():
-        raise UserInputError(f"--resume: {output} holds a finished model and no checkpoint to resume")
+        raise UserInputError(f"resume: {output} holds a finished model and no checkpoint to resume")
 
     # Everything that can fail on bad input happens before the output directory exists.
     dataset = load_triplets(cfg.triplets, corpus=cfg.corpus, queries=cfg.queries)
@@ -90,56 +99,45 @@ def train(cfg: TrainConfig) -> Path:
     card.model_name = f"{Path(str(cfg.model or 'all-MiniLM-L6-v2')).name} fine-tuned with dpo-retrieval ({cfg.loss})"
     reference = None
     ref_stats = None
-    if cfg.loss == "dpo" and not cfg.reference_free:
-        ref_model = (load_model(cfg.reference_model, device=device, max_seq_length=cfg.max_seq_length,
+    if cfg.loss == "dpo" and not dpo.reference_free:
+        ref_model = (load_model(dpo.reference_model, device=device, max_seq_length=cfg.max_seq_length,
                                 trust_remote_code=cfg.trust_remote_code)
-                     if cfg.reference_model else None)
-        if cfg.reference == "precomputed":
+                     if dpo.reference_model else None)
+        if dpo.reference == "precomputed":
             dataset, ref_stats = add_reference_scores(dataset, ref_model or model, precision=precision,
-                                                      show_progress_bar=cfg.show_progress_bar)
+                                                      show_progress_bar=not args.disable_tqdm)
             del ref_model
         else:
             if ref_model is not None and ref_model.tokenizer.get_vocab() != model.tokenizer.get_vocab():
-                raise UserInputError("--reference online: the reference model must share the policy's tokenizer; "
-                                     "use --reference precomputed")
+                raise UserInputError("reference: online needs a reference model with the policy's tokenizer; "
+                                     "use precomputed")
             reference = OnlineReference(ref_model) if ref_model is not None else OnlineReference.frozen_copy(model)
     elif "label" in dataset.column_names:
         dataset = dataset.remove_columns("label")
     query_col, *doc_cols = [c for c in dataset.column_names if c != "label"]
     prompts = training_prompts(model, query_col, doc_cols)
-    if cfg.separate_towers and not has_two_towers(model):
+    if dpo.separate_towers and not has_two_towers(model):
         shared = model
         model = make_two_towers(model)
         model.prompts, model.default_prompt_name = dict(shared.prompts), shared.default_prompt_name
         del shared
-    if cfg.dropout == "off":
+    if dpo.dropout == "off":
         logger.info("dropout off in %d modules", disable_dropout(model))
 
-    loss = build_loss(cfg, model, reference)
+    loss = build_loss(cfg.loss, model, dpo, reference)
     if prompts:
         logger.info("training with the model's prompts: %s", prompts)
-    args = SentenceTransformerTrainingArguments(
+    trainer_args = dataclasses.replace(
+        args,
         output_dir=str(checkpoints),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation,
-        learning_rate=cfg.lr,
-        warmup_steps=cfg.warmup,  # transformers 5: a float < 1 is a ratio of the total steps
-        logging_steps=cfg.logging_steps,
         save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
+        data_seed=args.data_seed if args.data_seed is not None else args.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
         batch_sampler=BatchSamplers.NO_DUPLICATES,  # duplicate texts would poison in-batch negatives
         router_mapping=({query_col: "query", **{c: "document" for c in doc_cols}} if has_two_towers(model) else {}),
         prompts=prompts or None,  # the texts encode_query/encode_document see (reference, mining, evaluation)
-        report_to="none",
-        disable_tqdm=not cfg.show_progress_bar,
         dataloader_drop_last=False,
     )
     output.mkdir(parents=True, exist_ok=True)
@@ -148,9 +146,9 @@ def train(cfg: TrainConfig) -> Path:
         log_path.unlink()
     if resume_from is not None:  # the steps after the checkpoint run again: log them once
         _truncate_log(log_path, int(Path(resume_from).name.split("-")[-1]))
-    grad_guard = FiniteGradientCallback(cfg.on_nonfinite)
+    grad_guard = FiniteGradientCallback(dpo.on_nonfinite)
     trainer = PreferenceTrainer(
-        model=model, args=args, train_dataset=dataset, loss=loss, on_nonfinite=cfg.on_nonfinite,
+        model=model, args=trainer_args, train_dataset=dataset, loss=loss, on_nonfinite=dpo.on_nonfinite,
         callbacks=[JsonlLogCallback(log_path), grad_guard],
     )
     logger.info("training %s on %d triplets (negatives per query: %d), device %s, precision %s",
@@ -164,7 +162,8 @@ def train(cfg: TrainConfig) -> Path:
     seconds = time.perf_counter() - start
     save_model_atomically(model, output)
     summary = {
-        "config": dataclasses.asdict(cfg),
+        "config": {**dataclasses.asdict(cfg), **dataclasses.asdict(dpo),
+                   **{k: v for k, v in args.to_dict().items() if k in TRAINING_SUMMARY}},
         "device": device,
         "precision": precision,
         "steps": trainer.state.global_step,
