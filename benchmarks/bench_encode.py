@@ -15,7 +15,7 @@ size, on SciFact abstracts (title + " " + text):
 Variants (all return L2-normalized float32):
 
 - ``st_fp32``: ``model.encode(texts, batch_size=B, normalize_embeddings=True)``: the baseline.
-- ``ours_auto``: ``dpo_retrieval.encoding.encode_texts(..., precision="auto", task="document")``:
+- ``ours_auto``: ``dpo_retrieval.retrieval.encoding.encode_texts(..., precision="auto", task="document")``:
   what ``index``/``evaluate`` run (``auto`` = bf16 autocast where ``models.cpu_bf16_is_faster``
   says bf16 matmuls win on this CPU, else fp32; the JSON records which it resolved to).
 - ``ours_bf16`` / ``ours_fp32``: ``encode_texts`` with the precision forced.
@@ -45,7 +45,7 @@ the machine's load average before each repetition (other jobs share the cores):
 - ``openvino_fp32``: the transformer through ``openvino.convert_model`` (for the record; only when
   ``import openvino`` works).
 
-plus the ``auto`` probe's decision on this machine (``dpo_retrieval.backends.probe``).
+plus the ``auto`` probe's decision on this machine (``dpo_retrieval.retrieval.backends.probe``).
 
 Usage: ``python benchmarks/bench_encode.py [--quick] [--sample N] [--repeats R] [--batch-size B]``
        ``python benchmarks/bench_encode.py --backends [--sample N] [--repeats R]``
@@ -67,7 +67,7 @@ import torch  # noqa: E402
 from _common import (PEAK_BF16_GFLOPS, SCIFACT, forward_flops, load_default_model, median,  # noqa: E402
                      ndcg_at_10, scifact_corpus, scifact_qrels, scifact_queries, table, write_result)
 
-from dpo_retrieval.encoding import encode_texts, resolved_precision  # noqa: E402
+from dpo_retrieval.retrieval.encoding import encode_texts, resolved_precision  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------
@@ -227,7 +227,7 @@ def run_backends(args) -> None:
     """The backend rows: interleaved, median of ``args.repeats``, min cosine to torch, load averages."""
     import os
 
-    from dpo_retrieval import backends
+    from dpo_retrieval.retrieval import backends
 
     doc_ids, texts = scifact_corpus()
     rng = np.random.default_rng(args.seed)

@@ -4,7 +4,7 @@ One ``dpo-retrieval evaluate --dataset scifact --backend B`` subprocess per back
 then auto), each timed end to end; records the wall time, the backend the run resolved to, its
 nDCG@10, the encode time and the machine's load average before and after each run (the cores may be
 shared), in ``results/bench_evaluate_backends.json``. ``auto`` uses (or, the first time on a machine,
-measures) the cached probe of ``dpo_retrieval.backends``; its decision is recorded too.
+measures) the cached probe of ``dpo_retrieval.retrieval.backends``; its decision is recorded too.
 
 Usage: ``python benchmarks/bench_evaluate_backends.py [--backends torch,auto] [--dataset DIR]``
 """

@@ -6,7 +6,7 @@ For each corpus size (``--sizes``, default 100k; add 1,000,000 for the large run
   Gaussian clusters around random centres, L2-normalized, plus held-out queries drawn the same
   way); pure isotropic noise would have no neighbourhood structure for any ANN index to use;
 - computes exact top-10 with plain ``faiss.IndexFlatIP`` (the ground truth);
-- builds each index with ``dpo_retrieval.index.build_from_embeddings`` (our code; IVF/PQ train on
+- builds each index with ``dpo_retrieval.retrieval.index.build_from_embeddings`` (our code; IVF/PQ train on
   at most 256k sampled rows) and, for Flat and HNSW32, also with plain ``faiss.index_factory`` +
   ``add`` (same factory) for a side-by-side build time;
 - searches ``--queries`` queries (one batch, k=10) through ``FaissIndex.search`` (ours: ids mapped
@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 
 from _common import median, table, write_result  # noqa: E402
 
-from dpo_retrieval.index import build_from_embeddings  # noqa: E402
+from dpo_retrieval.retrieval.index import build_from_embeddings  # noqa: E402
 
 DIM = 384
 

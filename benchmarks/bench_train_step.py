@@ -97,8 +97,8 @@ def main(argv=None):
         args.batch_size, args.steps, args.scaling = 4, 1, "2"
 
     from dpo_retrieval.losses import DPOLoss
-    from dpo_retrieval.reference import OnlineReference, add_reference_scores
-    from dpo_retrieval.training import TrainConfig, build_loss
+    from dpo_retrieval.training.reference import OnlineReference, add_reference_scores
+    from dpo_retrieval.training import build_loss
 
     torch.manual_seed(args.seed)
     model = load_default_model(args.max_seq_length)
@@ -114,9 +114,8 @@ def main(argv=None):
           f"in {ref_stats['seconds']:.1f}s")
 
     model.train()
-    cfg = TrainConfig(triplets="-", output="-", loss="contrastive").resolved()
-    mnrl = build_loss(cfg, model)
-    dpo = build_loss(TrainConfig(triplets="-", output="-", loss="dpo").resolved(), model)
+    mnrl = build_loss("contrastive", model)
+    dpo = build_loss("dpo", model)
     assert isinstance(dpo, DPOLoss)
     online = DPOLoss(model, beta=dpo.beta, scale=dpo.scale, policy=dpo.policy,
                      reference=OnlineReference.frozen_copy(model))

@@ -9,9 +9,11 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
+from dpo_retrieval.cli_train import TRAIN_ALIASES, _add_train, _run_train, flag_name, train_parser  # noqa: F401
 from dpo_retrieval.errors import UserInputError
 
 logger = logging.getLogger("dpo_retrieval")
@@ -36,16 +38,6 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -85,86 +77,6 @@ def _add_backend_option(p: argparse.ArgumentParser) -> None:
                         "graph-optimised at O2, cached under ~/.cache/dpo_retrieval/onnx, run by ONNX Runtime on "
                         "CPU; needs the [onnx] extra), auto = onnx only on a CPU where a one-time probe finds it "
                         "faster at equal embeddings, else torch; training always runs torch (default: auto)")
-
-
-# ----------------------------------------------------------------------------------------------
-# train
-def _add_train(sub) -> None:
-    p = sub.add_parser(
-        "train", help="fine-tune a dual encoder on a triplet file with DPO or a contrastive loss",
-        description="Fine-tune a sentence-transformers dual encoder on (query, positive, negative) "
-                    "triplets with the DPO loss or the contrastive baseline, and save it in "
-                    "sentence-transformers format.")
-    p.add_argument("--triplets", required=True,
-                   help="triplet file: .jsonl/.json (query/positive/negative or negatives:[...]; FlagEmbedding "
-                        "query/pos/neg; Tevatron positive_passages/negative_passages; sentence-transformers "
-                        "anchor/positive/negative_1..k or query/answer/negative*), .tsv/.csv (query, positive, "
-                        "negative[, negative...] with or without header), .parquet, a saved HF datasets "
-                        "directory, or a dataset name (org/name, hf://org/name[:config]) for "
-                        "datasets.load_dataset; id triplets need --corpus/--queries")
-    p.add_argument("--corpus", help="BEIR corpus.jsonl to resolve id triplets (query_id, positive_id, negative_id)")
-    p.add_argument("--queries", help="BEIR queries.jsonl to resolve id triplets")
-    p.add_argument("--output", required=True, help="directory for the trained model, train_log.jsonl and checkpoints")
-    _add_model_options(p)
-    p.add_argument("--loss", choices=["dpo", "contrastive", "dpr"], default="dpo",
-                   help="dpo: the DPO loss against a frozen reference; contrastive: "
-                        "MultipleNegativesRankingLoss (cosine, scale 20, in-batch + hard negatives); "
-                        "dpr: the same with dot product and scale 1 (Karpukhin et al. 2020) (default: dpo)")
-    p.add_argument("--beta", type=positive_float, default=None,
-                   help="DPO beta: strength of the pull toward the reference (default: 1 for the linear "
-                        "policy, 10 for the sigmoid policy)")
-    p.add_argument("--scale", type=positive_float, default=None,
-                   help="DPO policy scale a in log pi(p|q) = log sigma(a * s(q,p)) (default: 20 linear, 10 sigmoid)")
-    p.add_argument("--policy", choices=["linear", "sigmoid"], default="linear",
-                   help="DPO policy: linear = scale*s (log of a softmax over candidates), sigmoid = "
-                        "log sigma(scale*s) (default: linear)")
-    p.add_argument("--loss-type", choices=["sigmoid", "ipo"], default="sigmoid",
-                   help="DPO objective: sigmoid (Rafailov et al. 2023) or ipo (Azar et al. 2023) (default: sigmoid)")
-    p.add_argument("--label-smoothing", type=unit_interval, default=0.0,
-                   help="cDPO label smoothing epsilon in [0, 0.5) (default: 0)")
-    p.add_argument("--reference-free", action="store_true", help="drop the reference from the DPO loss")
-    p.add_argument("--reference", choices=["precomputed", "online"], default="precomputed",
-                   help="precomputed: score every triplet with the frozen reference once before "
-                        "training, then free it; online: keep a frozen copy and score each batch (default: precomputed)")
-    p.add_argument("--reference-model", default=None,
-                   help="model that supplies reference scores (default: the starting model)")
-    p.add_argument("--separate-towers", action="store_true",
-                   help="train separate query and passage encoders (saved as one sentence-transformers model)")
-    p.add_argument("--dropout", choices=["on", "off"], default="on",
-                   help="dropout in the trained encoder: on = the model's own (sentence-transformers' usual "
-                        "training); off = p 0, so the DPO policy starts exactly at the reference (TRL's DPO "
-                        "default) (default: on, the better one on SciFact's dev split; see the README)")
-    p.add_argument("--epochs", type=positive_float, default=1.0, help="training epochs (default: 1)")
-    p.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (default: -1, off)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="triplets per batch (default: 32)")
-    p.add_argument("--lr", type=positive_float, default=2e-5, help="peak learning rate (default: 2e-5)")
-    p.add_argument("--warmup", type=float, default=0.1,
-                   help="warm-up: a ratio of the steps if < 1, else a number of steps (default: 0.1)")
-    p.add_argument("--max-seq-length", type=positive_int, default=256, help="tokens per text (default: 256)")
-    p.add_argument("--logging-steps", type=positive_int, default=10, help="log metrics every N steps (default: 10)")
-    p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="auto: bf16 on CPUs and GPUs that support it, fp16 AMP on older GPUs, else fp32 (default: auto)")
-    p.add_argument("--gradient-accumulation", type=positive_int, default=1,
-                   help="batches per optimizer step (default: 1)")
-    p.add_argument("--save-steps", type=positive_int, default=500, help="checkpoint every N steps (default: 500)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
-    p.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
-                   help="when a loss is NaN/inf: stop with a message naming the step, or skip the batch (default: stop)")
-    p.set_defaults(func=_run_train)
-
-
-def _run_train(args) -> None:
-    from dpo_retrieval.data import load_triplets
-
-    # Check every triplet before torch and sentence-transformers are imported (seconds) and the model is
-    # loaded; train() loads the file again from the HF datasets cache this fills.
-    load_triplets(args.triplets, corpus=args.corpus, queries=args.queries)
-    from dpo_retrieval.training import TrainConfig, train
-
-    cfg = dataclasses.replace(TrainConfig.from_namespace(args), show_progress_bar=not args.quiet)
-    out = train(cfg)
-    logger.info("saved model to %s (load it with SentenceTransformer(%r))", out, str(out))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,7 +137,8 @@ def _add_index(sub) -> None:
 
 
 def _run_index(args) -> None:
-    from dpo_retrieval.evaluation import check_corpus, index_corpus
+    from dpo_retrieval.data.beir import check_corpus
+    from dpo_retrieval.retrieval.search import index_corpus
     from dpo_retrieval.models import DEFAULT_MODEL, load_model
 
     corpus = check_corpus(corpus=args.corpus, dataset=args.dataset)  # every line, before the model loads
@@ -267,8 +180,10 @@ def _add_search(sub) -> None:
 
 
 def _run_search(args) -> None:
-    from dpo_retrieval.evaluation import read_queries, retrieve, write_run
-    from dpo_retrieval.index import FaissIndex
+    from dpo_retrieval.data.beir import read_queries
+    from dpo_retrieval.evaluation.runs import write_run
+    from dpo_retrieval.retrieval.index import FaissIndex
+    from dpo_retrieval.retrieval.search import retrieve
     from dpo_retrieval.models import load_model
 
     index = FaissIndex.load(args.index)
@@ -319,8 +234,12 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> None:
-    from dpo_retrieval.evaluation import evaluate_model, format_table, load_beir, write_json, write_run
-    from dpo_retrieval.index import FaissIndex
+    from dpo_retrieval._io import write_json
+    from dpo_retrieval.data.beir import load_beir
+    from dpo_retrieval.evaluation.evaluate import evaluate_model
+    from dpo_retrieval.evaluation.metrics import format_table
+    from dpo_retrieval.evaluation.runs import write_run
+    from dpo_retrieval.retrieval.index import FaissIndex
     from dpo_retrieval.models import DEFAULT_MODEL, load_model
 
     index = FaissIndex.load(args.index) if args.index else None
@@ -389,7 +308,7 @@ def _add_mine(sub) -> None:
 
 
 def _run_mine(args) -> None:
-    from dpo_retrieval.evaluation import load_beir
+    from dpo_retrieval.data.beir import load_beir
     from dpo_retrieval.mining import mine, split_query_texts
     from dpo_retrieval.models import load_model
 
@@ -405,7 +324,7 @@ def _run_mine(args) -> None:
 
 
 def _add_compare(sub) -> None:
-    from dpo_retrieval.compare import PRESETS
+    from dpo_retrieval.experiment.compare import PRESETS
 
     presets = "; ".join(f"{k}: " + ", ".join(f"{n}={v}" for n, v in d.items()) for k, d in PRESETS.items())
     p = sub.add_parser(
@@ -449,7 +368,7 @@ def _add_compare(sub) -> None:
 
 
 def _run_compare(args) -> None:
-    from dpo_retrieval.compare import CompareConfig, run_compare
+    from dpo_retrieval.experiment.compare import CompareConfig, run_compare
 
     split = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())  # noqa: E731
     cfg = CompareConfig(
@@ -466,14 +385,30 @@ def _run_compare(args) -> None:
     logger.info("wrote %s, %s and %d plots", out["report_json"], out["report_md"], len(out["plots"]))
 
 
-# Commands defined further down (retrieval, mining, comparison) register themselves here.
-_EXTRA_COMMANDS: list = []
-_EXTRA_COMMANDS += [_add_index, _add_search, _add_evaluate, _add_mine, _add_compare]
+_EXTRA_COMMANDS = [_add_index, _add_search, _add_evaluate, _add_mine, _add_compare]
+
+
+def _flagged(message: str) -> str:
+    """A library error names the field (``beta: must be ...``); the command line shows its flag."""
+    m = re.match(r"([a-z][a-z_]*): ", message)
+    if not m:
+        return message
+    from dpo_retrieval.training.args import DPOArgs, TrainArgs
+
+    import dataclasses
+
+    fields = {f.name for cls in (TrainArgs, DPOArgs) for f in dataclasses.fields(cls)}
+    if m.group(1) not in fields | set(TRAIN_ALIASES) | {"save_steps", "logging_steps", "max_steps", "seed"}:
+        return message
+    return flag_name(m.group(1)) + message[len(m.group(1)):]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command != "train" and extra:
+        parser.parse_args(argv)  # argparse's own one-line error for the unknown arguments
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -486,11 +421,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
-        args.func(args)
+        if args.command == "train":
+            _run_train(args, extra)
+        else:
+            args.func(args)
     except UserInputError as err:
         if args.debug:
             raise
-        print(f"dpo-retrieval {args.command}: error: {err}", file=sys.stderr)
+        print(f"dpo-retrieval {args.command}: error: {_flagged(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dpo-retrieval {args.command}: interrupted", file=sys.stderr)

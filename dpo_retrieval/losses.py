@@ -38,6 +38,16 @@ from dpo_retrieval.errors import UserInputError
 logger = logging.getLogger(__name__)
 
 POLICIES = ("sigmoid", "linear")
+#: beta and scale when not given, by policy (the values :class:`DPOLoss`, ``train`` and the CLI share).
+POLICY_DEFAULTS = {"linear": {"beta": 1.0, "scale": 20.0}, "sigmoid": {"beta": 10.0, "scale": 10.0}}
+
+
+def policy_defaults(policy: str, beta: float | None = None, scale: float | None = None) -> tuple[float, float]:
+    """``(beta, scale)`` with the policy's default for each one that is None."""
+    if policy not in POLICY_DEFAULTS:
+        raise ValueError(f"Unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    d = POLICY_DEFAULTS[policy]
+    return (d["beta"] if beta is None else beta), (d["scale"] if scale is None else scale)
 LOSS_TYPES = ("sigmoid", "ipo")
 SIMILARITIES = ("cosine", "dot")
 
@@ -174,8 +184,8 @@ class DPOLoss(nn.Module):
     def __init__(
         self,
         model,
-        beta: float = 1.0,
-        scale: float = 20.0,
+        beta: float | None = None,
+        scale: float | None = None,
         policy: str = "linear",
         loss_type: str = "sigmoid",
         label_smoothing: float = 0.0,
@@ -191,16 +201,18 @@ class DPOLoss(nn.Module):
         Args:
             model: the SentenceTransformer being trained (the policy).
             beta: DPO's beta (> 0). Larger beta = sharper preference, stronger tie to the reference.
+                Default by policy (:data:`POLICY_DEFAULTS`): 1 for "linear", 10 for "sigmoid".
             scale: the policy's scale ``a`` in ``log pi = log sigma(a * s)`` or ``a * s`` (> 0).
+                Default by policy: 20 for "linear", 10 for "sigmoid".
             policy: "linear" (``a * s``, the log of a softmax over candidates) or "sigmoid"
                 (``log sigma(a * s)``). With "sigmoid" a confident positive saturates and nearly all
                 gradient pushes hard negatives away.
             loss_type: "sigmoid" (DPO / cDPO) or "ipo".
             label_smoothing: cDPO's epsilon in [0, 0.5).
             reference_free: ignore the reference (pairwise logistic loss on the policy alone).
-            reference: an :class:`~dpo_retrieval.reference.OnlineReference` that scores each batch
+            reference: an :class:`~dpo_retrieval.training.reference.OnlineReference` that scores each batch
                 with a frozen encoder. Leave ``None`` when the reference scores come precomputed
-                in the dataset's ``label`` column (:func:`~dpo_retrieval.reference.add_reference_scores`).
+                in the dataset's ``label`` column (:func:`~dpo_retrieval.training.reference.add_reference_scores`).
 
         Scores are the model's own similarity (``similarity_fn_name``: cosine or dot; others raise
         :class:`~dpo_retrieval.errors.UserInputError`), computed in float32 with autocast off.
@@ -215,7 +227,7 @@ class DPOLoss(nn.Module):
             +--------------------------------------------------+---------------------------------------------+
 
         Metrics (averaged over the logging interval, logged by
-        :class:`~dpo_retrieval.training.PreferenceTrainer` as TRL does): ``rewards/chosen``,
+        :class:`~dpo_retrieval.training.trainer.PreferenceTrainer` as TRL does): ``rewards/chosen``,
         ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``.
 
         Relations:
@@ -231,7 +243,7 @@ class DPOLoss(nn.Module):
                 from datasets import Dataset
                 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
                 from dpo_retrieval import DPOLoss
-                from dpo_retrieval.reference import add_reference_scores
+                from dpo_retrieval.training.reference import add_reference_scores
 
                 model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")
                 train = Dataset.from_dict({
@@ -248,6 +260,7 @@ class DPOLoss(nn.Module):
             raise ValueError(f"Unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"Unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+        beta, scale = policy_defaults(policy, beta, scale)
         if not beta > 0 or not scale > 0:
             raise ValueError(f"beta and scale must be > 0, got beta={beta}, scale={scale}")
         self.model = model
@@ -286,7 +299,7 @@ class DPOLoss(nn.Module):
             shape = None if labels is None else tuple(labels.shape)
             raise ValueError(
                 f"DPOLoss needs reference scores of shape {tuple(scores.shape)} in the 'label' column, got {shape}: "
-                "add them with dpo_retrieval.reference.add_reference_scores or pass reference=OnlineReference(...)"
+                "add them with dpo_retrieval.training.reference.add_reference_scores or pass reference=OnlineReference(...)"
             )
         else:
             ref = labels.to(scores.device, torch.float32)

@@ -14,9 +14,7 @@ and has no BM25 source; this module keeps to what it cannot do and calls our sha
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -24,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dpo_retrieval._io import atomic_write_text, write_json
 from dpo_retrieval.errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ def overlapping_queries(qids, queries: dict[str, str], texts) -> list[str]:
 
 def split_query_texts(dataset_path, split: str) -> list[str]:
     """The texts of the queries judged in ``qrels/<split>.tsv`` of a BEIR folder ([] without that split)."""
-    from dpo_retrieval.evaluation import read_qrels, read_queries
+    from dpo_retrieval.data.beir import read_qrels, read_queries
 
     path = Path(dataset_path)
     if not (path / "qrels" / f"{split}.tsv").is_file():
@@ -95,12 +94,11 @@ def dense_candidates(model, dataset, qids: list[str], depth: int, *, embeddings_
                      precision: str = "auto", batch_size: int = 64,
                      model_key: str | None = None) -> dict[str, list[tuple[str, float]]]:
     """Top-``depth`` documents per query from the model through an exact FAISS index."""
-    from dpo_retrieval.evaluation import evaluate_model
+    from dpo_retrieval.retrieval.search import search_dataset
 
-    sub = subset_queries(dataset, qids)
-    result = evaluate_model(model, sub, top_k=depth, k_values=(10,), precision=precision, batch_size=batch_size,
-                            embeddings_cache=embeddings_cache, include_run=True, model_key=model_key)
-    return {q: sorted(hits.items(), key=lambda x: -x[1]) for q, hits in result["run"].items()}
+    found = search_dataset(model, subset_queries(dataset, qids), depth, precision=precision, batch_size=batch_size,
+                           embeddings_cache=embeddings_cache, model_key=model_key)
+    return {q: sorted(hits.items(), key=lambda x: -x[1]) for q, hits in found["run"].items()}
 
 
 def bm25_candidates(dataset, qids: list[str], depth: int) -> dict[str, list[tuple[str, float]]]:
@@ -170,8 +168,8 @@ def _positive_scores(model, dataset, qids, embeddings_cache, precision) -> dict[
     cosine = inner product of normalized embeddings, dot = inner product, euclidean = -L2 distance),
     so ``--margin`` compares like with like. The corpus rows come from the cache the candidates' index
     was built from."""
-    from dpo_retrieval.encoding import encode_texts
-    from dpo_retrieval.index import similarity_settings
+    from dpo_retrieval.retrieval.encoding import encode_texts
+    from dpo_retrieval.retrieval.index import similarity_settings
 
     _, normalize, metric = similarity_settings(model)
     corpus = np.load(embeddings_cache, mmap_mode="r")
@@ -192,14 +190,14 @@ def _positive_scores(model, dataset, qids, embeddings_cache, precision) -> dict[
 
 
 def write_qrels(qrels: dict[str, dict[str, int]], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    def write(f):
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
         w.writerow(["query-id", "corpus-id", "score"])
         for q in sorted(qrels):
             for d, s in sorted(qrels[q].items()):
                 w.writerow([q, d, s])
-    os.replace(tmp, path)
+
+    atomic_write_text(path, write)
 
 
 def leak_free_split(dataset, cfg: MineConfig, exclude_texts=()) -> tuple[list[str], list[str], dict]:
@@ -224,8 +222,8 @@ def mine(model, dataset, output_dir, cfg: MineConfig, *, embeddings_cache=None, 
 
     ``exclude_texts``: query texts never to train on or hold out for dev (the test queries); a train
     query with one of these texts (or with a dev query's text) is dropped, and mining.json says which.
-    ``model_key``: identifies ``model`` in the embeddings cache's key (see ``evaluation.encoding_key``)."""
-    from dpo_retrieval.data import save_triplets
+    ``model_key``: identifies ``model`` in the embeddings cache's key (see ``retrieval.cache.encoding_key``)."""
+    from dpo_retrieval.data.triplets import save_triplets
 
     cfg.check()
     start = time.perf_counter()
@@ -262,9 +260,7 @@ def mine(model, dataset, output_dir, cfg: MineConfig, *, embeddings_cache=None, 
         "train_queries": len(train_q), "dev_queries": len(dev_q), **dropped, **counts,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    tmp = output_dir / "mining.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, output_dir / "mining.json")
+    write_json(info, output_dir / "mining.json")
     logger.info("mined %d triplets from %d train queries (%d held out for dev) in %.1fs",
                 len(rows), len(train_q), len(dev_q), info["seconds"])
     return info

@@ -115,9 +115,9 @@ def load_model(
 
     ``backend``: ``torch`` (default; what training uses), ``onnx`` (the transformer runs in ONNX
     Runtime, exported once and cached) or ``auto`` (ONNX where a cached probe says it is faster on
-    this CPU at equal embeddings, else torch); see :mod:`dpo_retrieval.backends`.
+    this CPU at equal embeddings, else torch); see :mod:`dpo_retrieval.retrieval.backends`.
     """
-    from dpo_retrieval.backends import apply_backend, check_backend, require_onnx
+    from dpo_retrieval.retrieval.backends import apply_backend, check_backend, require_onnx
 
     if check_backend(backend) == "onnx":
         require_onnx()  # before the (slow) load

@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from dpo_retrieval.stats import compare_paired, holm
+from dpo_retrieval.experiment.stats import compare_paired, holm
 
 
 def main() -> None:

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from dpo_retrieval import backends
-from dpo_retrieval.encoding import encode_texts
+from dpo_retrieval.retrieval import backends
+from dpo_retrieval.retrieval.encoding import encode_texts
 from dpo_retrieval.errors import UserInputError
 from dpo_retrieval.models import load_model
 

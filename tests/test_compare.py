@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dpo_retrieval.cli import main
-from dpo_retrieval.compare import Stage, fingerprint
+from dpo_retrieval.experiment.compare import Stage, fingerprint
 
 TOPICS = ["cancer", "sleep", "insulin", "virus", "brain", "heart", "vitamin", "diabetes", "infants", "tumor",
           "immune", "blood", "fiber", "water", "rna", "dna", "mice", "drug", "dose", "gene"]
@@ -180,14 +180,14 @@ BAD_TRAINING_OPTIONS = [
 @pytest.mark.parametrize("extra, option", BAD_TRAINING_OPTIONS, ids=[o for _, o in BAD_TRAINING_OPTIONS])
 def test_compare_bad_training_option_fails_before_anything(extra, option, tmp_path, tiny_model_path, capsys,
                                                            monkeypatch):
-    import dpo_retrieval.evaluation
+    import dpo_retrieval.data.beir
     import dpo_retrieval.mining
 
     def boom(*a, **k):
         raise AssertionError("reached a dataset or mining before checking the training options")
 
     monkeypatch.setattr(dpo_retrieval.mining, "mine", boom)
-    monkeypatch.setattr(dpo_retrieval.evaluation, "load_beir", boom)
+    monkeypatch.setattr(dpo_retrieval.data.beir, "load_beir", boom)
     data = write_tiny_beir(tmp_path / "tiny")
     out = tmp_path / "run"
     try:
@@ -203,16 +203,16 @@ def test_compare_bad_training_option_fails_before_anything(extra, option, tmp_pa
                                  {"warmup": -1.0}, {"epochs": 0.0}, {"top_k": 0}, {"eval_batch_size": 0}],
                          ids=lambda d: next(iter(d)))
 def test_run_compare_checks_training_options_first(bad, tmp_path, tiny_model_path, monkeypatch):
-    import dpo_retrieval.evaluation
+    import dpo_retrieval.data.beir
     import dpo_retrieval.mining
-    from dpo_retrieval.compare import CompareConfig, run_compare
+    from dpo_retrieval.experiment.compare import CompareConfig, run_compare
     from dpo_retrieval.errors import UserInputError
 
     def boom(*a, **k):
         raise AssertionError("reached a dataset or mining before checking the training options")
 
     monkeypatch.setattr(dpo_retrieval.mining, "mine", boom)
-    monkeypatch.setattr(dpo_retrieval.evaluation, "load_beir", boom)
+    monkeypatch.setattr(dpo_retrieval.data.beir, "load_beir", boom)
     out = tmp_path / "run"
     with pytest.raises(UserInputError):
         run_compare(CompareConfig(dataset=str(tmp_path / "tiny"), output=str(out), model=tiny_model_path, **bad))
@@ -222,7 +222,9 @@ def test_run_compare_checks_training_options_first(bad, tmp_path, tiny_model_pat
 def test_model_id_is_the_weights_content_not_the_path(tmp_path, tiny_model_path):
     import shutil
 
-    from dpo_retrieval import evaluation as ev
+    from dpo_retrieval.data import beir as beir_mod
+    from dpo_retrieval.evaluation import evaluate as evaluate_mod
+    from dpo_retrieval.retrieval import cache as cache_mod
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_path, copy)
@@ -230,39 +232,42 @@ def test_model_id_is_the_weights_content_not_the_path(tmp_path, tiny_model_path)
     (copy / "checkpoints" / "checkpoint-2" / "model.safetensors").write_bytes(b"x")
     (copy / "train_log.jsonl").write_text("{}\n")
     memo = tmp_path / "hashes.json"
-    ev._FILE_DIGESTS.clear()  # as in a new process: the memo file is what remembers
-    first = ev.model_id(tiny_model_path, memo_file=memo)
-    assert first.startswith("files:") and ev.model_id(copy) == first
+    cache_mod._FILE_DIGESTS.clear()  # as in a new process: the memo file is what remembers
+    first = cache_mod.model_id(tiny_model_path, memo_file=memo)
+    assert first.startswith("files:") and cache_mod.model_id(copy) == first
     assert len(json.loads(memo.read_text())) >= 5  # one remembered hash per file, keyed by path, size and mtime
-    ev._FILE_DIGESTS.clear()
+    cache_mod._FILE_DIGESTS.clear()
     memo_mtime = memo.stat().st_mtime_ns
-    assert ev.model_id(tiny_model_path, memo_file=memo) == first and memo.stat().st_mtime_ns == memo_mtime
+    assert cache_mod.model_id(tiny_model_path, memo_file=memo) == first and memo.stat().st_mtime_ns == memo_mtime
     weights = copy / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
-    assert ev.model_id(copy) != first
-    assert ev.model_id("no-such-model") == "name:no-such-model"
+    assert cache_mod.model_id(copy) != first
+    assert cache_mod.model_id("no-such-model") == "name:no-such-model"
 
 
 def test_embeddings_cache_key_holds_model_precision_texts_and_version(tmp_path, tiny_model, monkeypatch):
-    from dpo_retrieval import evaluation as ev
+    from dpo_retrieval.data import beir as beir_mod
+    from dpo_retrieval.evaluation import evaluate as evaluate_mod
+    from dpo_retrieval.retrieval import cache as cache_mod
 
     data = write_tiny_beir(tmp_path / "tiny")
-    ds = ev.load_beir(str(data), "test")
+    ds = beir_mod.load_beir(str(data), "test")
     cache = tmp_path / "emb.npy"
 
     def encoded(dataset=ds, **kw) -> bool:
         args = dict(top_k=5, precision="fp32", embeddings_cache=cache, model_key="A", show_progress_bar=False)
-        return ev.evaluate_model(tiny_model, dataset, **{**args, **kw})["timings"]["encode_corpus_s"] > 0
+        return evaluate_mod.evaluate_model(tiny_model, dataset, **{**args, **kw})["timings"]["encode_corpus_s"] > 0
 
     assert encoded() and not encoded()
     assert encoded(model_key="B") and not encoded(model_key="B")
     assert encoded(model_key="A", precision="bf16") and not encoded(precision="bf16")
-    edited = ev.load_beir(str(data), "test")
+    edited = beir_mod.load_beir(str(data), "test")
     edited.corpus["d0-0"] = {"title": "cancer study", "text": "an edited text, same doc ids"}
     assert encoded(edited) and not encoded(edited)
-    monkeypatch.setattr(ev, "package_version", lambda: "999")
+    monkeypatch.setattr(cache_mod, "package_version", lambda: "999")
     assert encoded(edited)
     meta = json.loads(Path(str(cache) + ".json").read_text())
-    assert meta["key"] == ev.encoding_key("A", "fp32", ev.corpus_digest(edited), backend="torch") and meta["key"]["version"] == "999"
+    assert meta["key"] == cache_mod.encoding_key("A", "fp32", cache_mod.corpus_digest(edited), backend="torch") \
+        and meta["key"]["version"] == "999"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo_retrieval.data import (load_beir_corpus, load_beir_queries, load_triplets, save_triplets,
+from dpo_retrieval.data.triplets import (load_beir_corpus, load_beir_queries, load_triplets, save_triplets,
                                 triplet_columns)
 from dpo_retrieval.errors import UserInputError
 

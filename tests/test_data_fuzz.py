@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from dpo_retrieval.data import load_triplets
+from dpo_retrieval.data.triplets import load_triplets
 from dpo_retrieval.errors import UserInputError
 
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_retrieval.encoding import encode_texts, join_title_text, precision_context, resolved_precision
+from dpo_retrieval.retrieval.encoding import encode_texts, join_title_text, precision_context, resolved_precision
 from dpo_retrieval.errors import UserInputError
 
 TEXTS = [

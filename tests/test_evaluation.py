@@ -11,7 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dpo_retrieval import evaluation as ev
+from dpo_retrieval.data import beir as beir_mod
+from dpo_retrieval.evaluation import evaluate as evaluate_mod
+from dpo_retrieval.evaluation import metrics as metrics_mod
+from dpo_retrieval.evaluation import runs as runs_mod
+from dpo_retrieval.retrieval import search as search_mod
 from dpo_retrieval.errors import UserInputError
 
 CORPUS = {
@@ -44,7 +48,7 @@ def make_dataset(root: Path, *, corpus_lines: list[str] | None = None, query_lin
 @pytest.fixture()
 def data_root(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "data"
-    monkeypatch.setenv(ev.DATA_ENV, str(root))
+    monkeypatch.setenv(beir_mod.DATA_ENV, str(root))
     make_dataset(root / "toy")
     return root
 
@@ -52,8 +56,8 @@ def data_root(tmp_path, monkeypatch) -> Path:
 # ----------------------------------------------------------------------------------------------
 # resolution
 def test_name_resolves_under_data_root(data_root):
-    assert ev.dataset_dir("toy") == data_root / "toy"
-    ds = ev.load_beir("toy")
+    assert beir_mod.dataset_dir("toy") == data_root / "toy"
+    ds = beir_mod.load_beir("toy")
     assert ds.name == "toy" and ds.path == data_root / "toy" and ds.split == "test"
     assert ds.doc_ids == list(CORPUS) and set(ds.queries) == {"q1", "q2", "q3"}  # judged queries only
     assert ds.qrels["q2"] == {"d2": 2, "d6": 1}
@@ -63,25 +67,25 @@ def test_name_resolves_under_data_root(data_root):
 
 
 def test_default_root(monkeypatch):
-    monkeypatch.delenv(ev.DATA_ENV, raising=False)
-    assert ev.data_root() == Path("~/.cache/dpo_retrieval/datasets").expanduser()
+    monkeypatch.delenv(beir_mod.DATA_ENV, raising=False)
+    assert beir_mod.data_root() == Path("~/.cache/dpo_retrieval/datasets").expanduser()
 
 
 def test_path_is_used_as_is(tmp_path, monkeypatch, data_root):
     make_dataset(tmp_path / "elsewhere" / "mine")
-    assert ev.load_beir(str(tmp_path / "elsewhere" / "mine")).name == "mine"
+    assert beir_mod.load_beir(str(tmp_path / "elsewhere" / "mine")).name == "mine"
     monkeypatch.chdir(tmp_path / "elsewhere")
-    assert ev.resolve_dataset("./mine") == Path("mine")
+    assert beir_mod.resolve_dataset("./mine") == Path("mine")
     with pytest.raises(UserInputError, match="no such dataset directory"):
-        ev.resolve_dataset("./absent")
+        beir_mod.resolve_dataset("./absent")
     (tmp_path / "afile").write_text("x")
     with pytest.raises(UserInputError, match="is a file"):
-        ev.resolve_dataset(str(tmp_path / "afile"))
+        beir_mod.resolve_dataset(str(tmp_path / "afile"))
 
 
 def test_unknown_name_says_which_folder(data_root):
     with pytest.raises(UserInputError) as err:
-        ev.load_beir("no-such-set")
+        beir_mod.load_beir("no-such-set")
     msg = str(err.value)
     assert str(data_root / "no-such-set") in msg and "not a BEIR dataset name" in msg and "\n" not in msg
 
@@ -89,9 +93,9 @@ def test_unknown_name_says_which_folder(data_root):
 def test_offline_beir_name_says_which_folder(data_root, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserInputError) as err:
-        ev.load_beir("nfcorpus")
+        beir_mod.load_beir("nfcorpus")
     msg = str(err.value)
-    assert "offline" in msg and f"create {data_root / 'nfcorpus'}" in msg and ev.DATA_ENV in msg
+    assert "offline" in msg and f"create {data_root / 'nfcorpus'}" in msg and beir_mod.DATA_ENV in msg
 
 
 def _online(monkeypatch, download=None):
@@ -101,7 +105,7 @@ def _online(monkeypatch, download=None):
 
     import beir
 
-    for var in ev.OFFLINE_ENVS:
+    for var in beir_mod.OFFLINE_ENVS:
         monkeypatch.delenv(var, raising=False)
     fake = types.ModuleType("beir.util")  # beir.util itself needs requests, absent in some installs
     if download is not None:
@@ -121,10 +125,10 @@ def test_download_with_beirs_downloader(data_root, monkeypatch):
         return str(make_dataset(Path(out_dir) / "nfcorpus"))
 
     _online(monkeypatch, fake_download)
-    ds = ev.load_beir("nfcorpus")
-    assert calls == [ev.BEIR_URL.format(name="nfcorpus")] and ds.path == data_root / "nfcorpus"
+    ds = beir_mod.load_beir("nfcorpus")
+    assert calls == [beir_mod.BEIR_URL.format(name="nfcorpus")] and ds.path == data_root / "nfcorpus"
     assert sorted(p.name for p in data_root.iterdir()) == ["nfcorpus", "toy"]  # no temporary folders left
-    ev.load_beir("nfcorpus")
+    beir_mod.load_beir("nfcorpus")
     assert len(calls) == 1  # present now: no second download
 
 
@@ -134,7 +138,7 @@ def test_failed_download_says_which_folder(data_root, monkeypatch):
 
     _online(monkeypatch, fail)
     with pytest.raises(UserInputError, match=r"cannot download 'scifact' \(ConnectionError") as err:
-        ev.load_beir("scifact")
+        beir_mod.load_beir("scifact")
     assert f"create {data_root / 'scifact'}" in str(err.value)
     assert sorted(p.name for p in data_root.iterdir()) == ["toy"]
 
@@ -142,7 +146,7 @@ def test_failed_download_says_which_folder(data_root, monkeypatch):
 def test_missing_downloader_says_which_folder(data_root, monkeypatch):
     _online(monkeypatch, None)
     with pytest.raises(UserInputError, match="BEIR's downloader cannot run") as err:
-        ev.load_beir("scifact")
+        beir_mod.load_beir("scifact")
     assert f"create {data_root / 'scifact'}" in str(err.value)
 
 
@@ -150,7 +154,7 @@ def test_missing_downloader_says_which_folder(data_root, monkeypatch):
 # bad files: file:line errors
 def test_missing_split_lists_the_others(data_root):
     with pytest.raises(UserInputError, match=r"test\.tsv.*no 'dev' split|dev\.tsv: no 'dev' split; this dataset has: test"):
-        ev.load_beir("toy", "dev")
+        beir_mod.load_beir("toy", "dev")
 
 
 @pytest.mark.parametrize("kind, expect", [
@@ -186,14 +190,14 @@ def test_bad_dataset_files(tmp_path, kind, expect):
         (root / "corpus.jsonl").unlink()
         (root / "corpus.jsonl").mkdir()
     with pytest.raises(UserInputError, match=expect) as err:
-        ev.load_beir(str(root))
+        beir_mod.load_beir(str(root))
     assert "\n" not in str(err.value)
 
 
 def test_blank_lines_are_tolerated(tmp_path):
     corpus = [json.dumps({"_id": d, "title": t, "text": x}) for d, (t, x) in CORPUS.items()]
     root = make_dataset(tmp_path / "blank", corpus_lines=corpus[:3] + [""] + corpus[3:])
-    assert ev.load_beir(str(root)).doc_ids == list(CORPUS)
+    assert beir_mod.load_beir(str(root)).doc_ids == list(CORPUS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,7 +208,7 @@ TOY_RUN = {"q1": {"x": 0.9, "a": 0.8, "y": 0.7, "b": 0.6, "q1": 5.0},  # "q1" is
 
 
 def test_metrics_match_hand_computed():
-    m = ev.evaluate_run(TOY_QRELS, TOY_RUN, [1, 3, 10])
+    m = metrics_mod.evaluate_run(TOY_QRELS, TOY_RUN, [1, 3, 10])
     lg = math.log2
     # q1: relevant at ranks 2 and 4; q2: grade-2 doc at rank 1, the grade-1 doc never retrieved
     ndcg_q1 = (1 / lg(3) + 1 / lg(5)) / (1 + 1 / lg(3))
@@ -219,7 +223,7 @@ def test_metrics_match_hand_computed():
     assert m["p@3"] == pytest.approx((1 / 3 + 1 / 3) / 2, abs=1e-5)
     assert "q1" in TOY_RUN["q1"]  # inputs untouched
 
-    per_q = ev.per_query_metrics(TOY_QRELS, TOY_RUN, [1, 3, 10])
+    per_q = metrics_mod.per_query_metrics(TOY_QRELS, TOY_RUN, [1, 3, 10])
     assert per_q["q1"]["ndcg@10"] == pytest.approx(ndcg_q1, abs=1e-6)
     assert per_q["q2"]["ndcg@10"] == pytest.approx(ndcg_q2, abs=1e-6)
     assert per_q["q1"]["mrr@10"] == pytest.approx(0.5) and per_q["q2"]["recall@10"] == pytest.approx(0.5)
@@ -228,8 +232,8 @@ def test_metrics_match_hand_computed():
 
 
 def test_self_hits_count_when_asked():
-    with_self = ev.evaluate_run({"q1": {"q1": 1}}, {"q1": {"q1": 1.0, "x": 0.5}}, [10], ignore_identical_ids=False)
-    without = ev.evaluate_run({"q1": {"q1": 1}}, {"q1": {"q1": 1.0, "x": 0.5}}, [10])
+    with_self = metrics_mod.evaluate_run({"q1": {"q1": 1}}, {"q1": {"q1": 1.0, "x": 0.5}}, [10], ignore_identical_ids=False)
+    without = metrics_mod.evaluate_run({"q1": {"q1": 1}}, {"q1": {"q1": 1.0, "x": 0.5}}, [10])
     assert with_self["ndcg@10"] == pytest.approx(1.0) and without["ndcg@10"] == 0.0
 
 
@@ -237,48 +241,48 @@ def test_run_files_roundtrip_atomically(tmp_path):
     import pytrec_eval
 
     run = {"q1": {"a": 0.5, "b": 0.9}, "q2": {"c": -1.25}}
-    ev.write_run(run, tmp_path / "r.trec")
+    runs_mod.write_run(run, tmp_path / "r.trec")
     assert (tmp_path / "r.trec").read_text().splitlines()[0] == "q1 Q0 b 1 0.900000 dpo-retrieval"
     with open(tmp_path / "r.trec") as f:
         assert pytrec_eval.parse_run(f) == run
-    ev.write_run(run, tmp_path / "r.jsonl")
-    assert ev.read_run(tmp_path / "r.jsonl") == run and ev.read_run(tmp_path / "r.trec") == run
+    runs_mod.write_run(run, tmp_path / "r.jsonl")
+    assert runs_mod.read_run(tmp_path / "r.jsonl") == run and runs_mod.read_run(tmp_path / "r.trec") == run
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "r.trec"]
     with pytest.raises(UserInputError, match="is a directory"):
-        ev.write_run(run, tmp_path)
+        runs_mod.write_run(run, tmp_path)
     with pytest.raises(UserInputError, match="whitespace"):
-        ev.write_run({"q 1": {"a": 1.0}}, tmp_path / "x.trec")
+        runs_mod.write_run({"q 1": {"a": 1.0}}, tmp_path / "x.trec")
     (tmp_path / "bad.jsonl").write_text('{"query_id": "q1", "results": []}\nnot json\n')
     with pytest.raises(UserInputError, match=r"bad\.jsonl:2"):
-        ev.read_run(tmp_path / "bad.jsonl")
+        runs_mod.read_run(tmp_path / "bad.jsonl")
 
 
 # ----------------------------------------------------------------------------------------------
 # the pipeline and the command
 def test_evaluate_model_caches_and_reuses(tiny_model, data_root, tmp_path):
-    ds = ev.load_beir("toy")
+    ds = beir_mod.load_beir("toy")
     cache = tmp_path / "emb" / "corpus.npy"
-    r1 = ev.evaluate_model(tiny_model, ds, top_k=5, precision="fp32", embeddings_cache=cache,
+    r1 = evaluate_mod.evaluate_model(tiny_model, ds, top_k=5, precision="fp32", embeddings_cache=cache,
                            save_index=tmp_path / "idx", model_name="tiny")
-    assert set(r1["metrics"]) == set(ev.REPORTED) and set(r1["per_query"]) == {"q1", "q2", "q3"}
+    assert set(r1["metrics"]) == set(metrics_mod.REPORTED) and set(r1["per_query"]) == {"q1", "q2", "q3"}
     assert r1["num_docs"] == 6 and r1["num_queries"] == 3 and r1["factory"] == "Flat"
     assert all(0.0 <= v <= 1.0 for v in r1["metrics"].values())
     assert {"encode_corpus_s", "encode_queries_s", "search_s", "metrics_s"} <= set(r1["timings"])
     assert all(len(h) == 5 for h in r1["run"].values())
     assert cache.exists() and np.load(cache).shape == (6, 32)
 
-    r2 = ev.evaluate_model(tiny_model, ds, top_k=5, precision="fp32", embeddings_cache=cache)
+    r2 = evaluate_mod.evaluate_model(tiny_model, ds, top_k=5, precision="fp32", embeddings_cache=cache)
     assert r2["timings"]["encode_corpus_s"] == 0.0 and r2["metrics"] == r1["metrics"]
-    r3 = ev.evaluate_model(tiny_model, ds, top_k=5, precision="fp32", index=tmp_path / "idx")
+    r3 = evaluate_mod.evaluate_model(tiny_model, ds, top_k=5, precision="fp32", index=tmp_path / "idx")
     assert r3["metrics"] == r1["metrics"] and "load_index_s" in r3["timings"]
 
-    other = ev.load_beir(str(make_dataset(tmp_path / "other", corpus_lines=[
+    other = beir_mod.load_beir(str(make_dataset(tmp_path / "other", corpus_lines=[
         json.dumps({"_id": d, "title": t, "text": x}) for d, (t, x) in list(CORPUS.items())[:5]],
         qrels=QRELS[:2])))
     with pytest.raises(UserInputError, match="built from another corpus"):
-        ev.evaluate_model(tiny_model, other, index=tmp_path / "idx")
+        evaluate_mod.evaluate_model(tiny_model, other, index=tmp_path / "idx")
     # a cache from another corpus is not reused
-    r4 = ev.evaluate_model(tiny_model, other, top_k=5, precision="fp32", embeddings_cache=cache)
+    r4 = evaluate_mod.evaluate_model(tiny_model, other, top_k=5, precision="fp32", embeddings_cache=cache)
     assert r4["timings"]["encode_corpus_s"] > 0 and np.load(cache).shape == (5, 32)
 
 
@@ -329,9 +333,9 @@ def test_scifact_subset_matches_an_independent_computation(beir_data, tmp_path):
     queries = [line.strip() for line in open(src / "queries.jsonl") if json.loads(line)["_id"] in qids]
     sub = make_dataset(tmp_path / "scifact-sub", corpus_lines=docs, query_lines=queries,
                        qrels=[tuple(r) for r in rows])
-    ds = ev.load_beir(str(sub))
+    ds = beir_mod.load_beir(str(sub))
     model = load_model(None, device="cpu", max_seq_length=256)
-    res = ev.evaluate_model(model, ds, top_k=100, precision="fp32")
+    res = evaluate_mod.evaluate_model(model, ds, top_k=100, precision="fp32")
 
     texts = [(d["title"] + " " + d["text"]).strip() for d in map(json.loads, docs)]
     ids = [json.loads(d)["_id"] for d in docs]
@@ -347,8 +351,17 @@ def test_scifact_subset_matches_an_independent_computation(beir_data, tmp_path):
 
 
 def test_index_a_dataset_by_name(tiny_model, data_root, tmp_path):
-    index = ev.index_corpus(tiny_model, tmp_path / "idx", dataset="toy", precision="fp32")
+    index = search_mod.index_corpus(tiny_model, tmp_path / "idx", dataset="toy", precision="fp32")
     assert index.count == len(CORPUS) and index.title("d2") == "Heart"
     assert index.meta["corpus"] == str((data_root / "toy" / "corpus.jsonl").resolve())
     with pytest.raises(UserInputError, match="exactly one of --corpus or --dataset"):
-        ev.index_corpus(tiny_model, tmp_path / "idx2")
+        search_mod.index_corpus(tiny_model, tmp_path / "idx2")
+
+
+def test_load_beir_reads_a_clean_dataset_with_beirs_loader(tmp_path, monkeypatch):
+    """A clean dataset is read once by BEIR's GenericDataLoader; the line-by-line diagnosis is for bad files
+    (stage A moved the loader's log filter away from the reader, so every load fell back to the slow path)."""
+    make_dataset(tmp_path / "toy")
+    monkeypatch.setattr(beir_mod, "_diagnose", lambda *a, **k: pytest.fail("re-read line by line"))
+    ds = beir_mod.load_beir(str(tmp_path / "toy"), "test")
+    assert ds.qrels and ds.corpus

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo_retrieval.data import load_triplets
+from dpo_retrieval.data.triplets import load_triplets
 from dpo_retrieval.errors import UserInputError
 
 BOM = b"\xef\xbb\xbf"
@@ -70,7 +70,7 @@ def test_flagembedding_one_row_per_positive_with_the_same_negatives(tmp_path, lo
 
 
 def test_save_triplets_writes_one_row_per_positive(tmp_path, load):
-    from dpo_retrieval.data import save_triplets
+    from dpo_retrieval.data.triplets import save_triplets
 
     p = tmp_path / "saved.jsonl"
     assert save_triplets([{"query": "q", "pos": ["a", "b"], "neg": ["n"]}], p) == 2
@@ -118,8 +118,8 @@ def test_tevatron_passages_join_title_and_text_one_row_per_positive(tmp_path, lo
 
 
 def test_tevatron_passage_text_is_the_beir_join():
-    from dpo_retrieval.data import _passage
-    from dpo_retrieval.encoding import join_title_text
+    from dpo_retrieval.data.fields import _passage
+    from dpo_retrieval.retrieval.encoding import join_title_text
 
     obj = {"title": " T ", "text": "body "}
     assert _passage(obj, ValueError) == join_title_text(obj["title"], obj["text"]) == "T  body"
@@ -247,7 +247,7 @@ def _bom_dataset(root: Path) -> Path:
 
 
 def test_beir_files_with_a_bom_load(tmp_path):
-    from dpo_retrieval.evaluation import iter_corpus, load_beir, read_qrels, read_queries
+    from dpo_retrieval.data.beir import iter_corpus, load_beir, read_qrels, read_queries
 
     root = _bom_dataset(tmp_path / "ds")
     ds = load_beir(root, "test", download=False)
@@ -261,8 +261,8 @@ def test_beir_files_with_a_bom_load(tmp_path):
 
 
 def test_beir_and_triplet_readers_share_one_line_decoder(tmp_path):
-    from dpo_retrieval import data, evaluation
-    from dpo_retrieval.data import load_beir_corpus
+    from dpo_retrieval.data import beir as evaluation, triplets as data
+    from dpo_retrieval.data.triplets import load_beir_corpus
 
     root = _bom_dataset(tmp_path / "ds")
     assert load_beir_corpus(root / "corpus.jsonl") == {"d1": "Insulin insulin response in mice",
@@ -335,7 +335,7 @@ def test_beir_commands_report_a_bad_corpus_before_the_model(tmp_path, no_model, 
 
 @pytest.fixture()
 def built_index(tiny_model_path, tmp_path) -> Path:
-    from dpo_retrieval.evaluation import index_corpus
+    from dpo_retrieval.retrieval.search import index_corpus
     from dpo_retrieval.models import load_model
 
     (tmp_path / "src").mkdir()

@@ -11,10 +11,19 @@ import numpy as np
 import pytest
 
 from dpo_retrieval.errors import UserInputError
-from dpo_retrieval.index import (
-    EMBEDDINGS_FILE, IDS_FILE, INDEX_FILE, META_FILE, FaissIndex, build_from_embeddings, build_index,
-    check_factory,
+from dpo_retrieval.retrieval.index import (
+    EMBEDDINGS_FILE, IDS_FILE, INDEX_FILE, META_FILE, FaissIndex, build_from_embeddings, check_factory,
+    model_settings,
 )
+from dpo_retrieval.retrieval.build import encode_corpus
+
+
+def build_index(model, doc_ids, texts, *, model_name=None, titles=None, precision="auto", chunk_size=8192):
+    """Encode texts and build an in-memory index, as the library's pipeline does."""
+    meta = model_settings(model, model_name=model_name, precision=precision)
+    emb = encode_corpus(model, texts, count=len(doc_ids), normalize=meta["normalize_embeddings"],
+                        precision=precision, chunk_size=chunk_size)
+    return build_from_embeddings(emb, doc_ids, meta, titles=titles)
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +125,7 @@ def test_build_index_with_model_and_metadata(tiny_model, tmp_path):
     assert meta["dimension"] == 32 and meta["count"] == len(DOCS) and meta["factory"] == "Flat"
     assert meta["similarity"] == "cosine" and meta["normalize_embeddings"] and meta["metric"] == "inner_product"
     assert meta["max_seq_length"] == tiny_model.max_seq_length and "title" in meta["doc_join"]
-    scores, hits = index.search_texts(tiny_model, texts, k=3, precision="fp32")
+    scores, hits = index.search(index.encode_queries(tiny_model, texts, precision="fp32"), k=3)
     emb = tiny_model.encode(texts, normalize_embeddings=True)
     cos = emb @ emb.T  # brute force: the same top scores, and each hit scored as brute force scores it
     np.testing.assert_allclose(scores, np.sort(cos, axis=1)[:, ::-1][:, :3], atol=1e-4)
@@ -187,7 +196,7 @@ def _write_corpus(path: Path, docs=DOCS, bad_line: str | None = None) -> Path:
 
 
 def test_index_corpus_streams_and_is_atomic(tiny_model, tmp_path):
-    from dpo_retrieval.evaluation import index_corpus
+    from dpo_retrieval.retrieval.search import index_corpus
 
     corpus = _write_corpus(tmp_path / "corpus.jsonl")
     out = tmp_path / "idx"
@@ -236,7 +245,7 @@ def test_index_and_search_commands(tiny_model_path, tmp_path, capsys):
     import pytrec_eval
 
     from dpo_retrieval.cli import main
-    from dpo_retrieval.evaluation import read_run
+    from dpo_retrieval.evaluation.runs import read_run
 
     corpus = _write_corpus(tmp_path / "corpus.jsonl")
     out = tmp_path / "idx"

@@ -180,7 +180,7 @@ def test_dpo_forward_under_bf16_autocast_matches_fp32(tiny_model):
 
 
 def test_online_reference_returns_float32_scores_under_bf16_autocast(tiny_model):
-    from dpo_retrieval.reference import OnlineReference
+    from dpo_retrieval.training.reference import OnlineReference
 
     columns = [["what causes cancer", "does sleep increase risk"],
                ["mutation causes cancer cells", "sleep and heart disease risk"],
@@ -211,7 +211,7 @@ def test_reward_metrics_are_exactly_zero_when_policy_equals_reference(tiny_model
     assert metrics == {"rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/margins": 0.0,
                        "rewards/accuracies": 0.0}
     # the same through forward with an online reference equal to the (eval-mode) policy
-    from dpo_retrieval.reference import OnlineReference
+    from dpo_retrieval.training.reference import OnlineReference
 
     tiny_model.eval()
     columns = [["what causes cancer", "how does insulin work"], ["mutation causes cancer cells", "insulin signal"],
@@ -250,7 +250,7 @@ def test_a_bf16_training_step_matches_the_fp32_step(tmp_path, tiny_model_path, r
     """CPU bf16 autocast: the first step's loss within 1e-3 of the fp32 step on the same batch."""
     import json
 
-    from dpo_retrieval.training import TrainConfig, train
+    from dpo_retrieval.training import DPOArgs, TrainArgs, train, training_arguments
 
     triplets = tmp_path / "t.jsonl"
     triplets.write_text("".join(json.dumps({"query": q, "positive": p, "negative": n}) + "\n" for q, p, n in [
@@ -259,9 +259,23 @@ def test_a_bf16_training_step_matches_the_fp32_step(tmp_path, tiny_model_path, r
         ("how does insulin work", "insulin signal pathway", "white matter in the brain")]))
     losses = {}
     for precision in ("fp32", "bf16"):
-        out = train(TrainConfig(triplets=str(triplets), output=str(tmp_path / precision), model=tiny_model_path,
-                                precision=precision, max_steps=1, logging_steps=1, batch_size=3,
-                                max_seq_length=32, dropout="off", reference=reference, show_progress_bar=False))
+        out = train(TrainArgs(triplets=str(triplets), model=tiny_model_path, precision=precision, max_seq_length=32),
+                    training_arguments(str(tmp_path / precision), max_steps=1, logging_steps=1,
+                                       per_device_train_batch_size=3, disable_tqdm=True),
+                    DPOArgs(dropout="off", reference=reference))
         log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
         losses[precision] = [r for r in log if "loss" in r][0]["loss"]
     assert losses["bf16"] == pytest.approx(losses["fp32"], abs=1e-3), losses
+
+
+@pytest.mark.parametrize("policy", ["linear", "sigmoid"])
+def test_dpo_loss_and_train_config_share_the_policy_defaults(tiny_model, policy):
+    from dpo_retrieval.losses import POLICY_DEFAULTS
+    from dpo_retrieval.training import DPOArgs
+
+    loss = DPOLoss(tiny_model, policy=policy)
+    cfg = DPOArgs(policy=policy).resolved()
+    expected = (POLICY_DEFAULTS[policy]["beta"], POLICY_DEFAULTS[policy]["scale"])
+    assert (loss.beta, loss.scale) == (cfg.beta, cfg.scale) == expected
+    assert (DPOLoss(tiny_model, beta=3.0, policy=policy).beta, DPOLoss(tiny_model, beta=3.0, policy=policy).scale) \
+        == (3.0, expected[1])

@@ -55,7 +55,7 @@ def test_overlapping_queries_match_lightly_normalised_text():
 
 
 def test_mine_drops_test_and_dev_duplicates(tmp_path):
-    from dpo_retrieval.evaluation import load_beir
+    from dpo_retrieval.data.beir import load_beir
     from dpo_retrieval.mining import MineConfig, mine
 
     data = write_beir(tmp_path / "ds")
@@ -87,7 +87,7 @@ def test_cli_mine_drops_the_test_split_queries(tmp_path, tiny_model_path):
 
 def test_scifact_train_queries_that_are_test_queries(beir_data):
     """SciFact's test query 870 is train query 871 verbatim (and test 1292 is train 1291)."""
-    from dpo_retrieval.evaluation import load_beir
+    from dpo_retrieval.data.beir import load_beir
     from dpo_retrieval.mining import overlapping_queries
 
     train, test = load_beir(beir_data / "scifact", "train"), load_beir(beir_data / "scifact", "test")

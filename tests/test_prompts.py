@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from dpo_retrieval.training import TrainConfig, train
+from dpo_retrieval.training import DPOArgs, TrainArgs, train, training_arguments
 
 PROMPTS = {"query": "query: ", "document": "passage: "}
 TRIPLETS = [
@@ -49,9 +49,10 @@ def test_prompted_model_starts_at_the_reference(tmp_path, tiny_model_path, refer
     texts that ``encode_query``/``encode_document`` (and the online reference) see."""
     model = _prompted_model(tiny_model_path, tmp_path / "prompted", include_prompt=include_prompt)
     out = tmp_path / "out"
-    train(TrainConfig(triplets=_triplets(tmp_path / "t.jsonl"), output=str(out), model=model, loss="dpo",
-                      reference=reference, separate_towers=towers, dropout="off", max_steps=1, logging_steps=1,
-                      batch_size=6, max_seq_length=32, precision="fp32", device="cpu", show_progress_bar=False))
+    train(TrainArgs(triplets=_triplets(tmp_path / "t.jsonl"), model=model, loss="dpo", max_seq_length=32,
+                    precision="fp32", device="cpu"),
+          training_arguments(str(out), max_steps=1, logging_steps=1, per_device_train_batch_size=6, disable_tqdm=True),
+          DPOArgs(reference=reference, separate_towers=towers, dropout="off"))
     first = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)][0]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)
@@ -62,7 +63,7 @@ def test_prompted_model_starts_at_the_reference(tmp_path, tiny_model_path, refer
 
 def test_online_reference_scores_the_prompted_texts(tmp_path, tiny_model_path, monkeypatch):
     """The online reference re-encodes the trainer's token ids: those carry the prompts."""
-    from dpo_retrieval.reference import OnlineReference
+    from dpo_retrieval.training.reference import OnlineReference
 
     seen = []
     original = OnlineReference.score
@@ -74,8 +75,9 @@ def test_online_reference_scores_the_prompted_texts(tmp_path, tiny_model_path, m
 
     monkeypatch.setattr(OnlineReference, "score", spy)
     model = _prompted_model(tiny_model_path, tmp_path / "prompted")
-    train(TrainConfig(triplets=_triplets(tmp_path / "t.jsonl"), output=str(tmp_path / "out"), model=model,
-                      reference="online", dropout="off", max_steps=1, batch_size=6, max_seq_length=32,
-                      precision="fp32", device="cpu", show_progress_bar=False))
+    train(TrainArgs(triplets=_triplets(tmp_path / "t.jsonl"), model=model, max_seq_length=32, precision="fp32",
+                    device="cpu"),
+          training_arguments(str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=6, disable_tqdm=True),
+          DPOArgs(reference="online", dropout="off"))
     (query, *docs), = seen
     assert query.startswith("query :") and all(d.startswith("passage :") for d in docs), seen

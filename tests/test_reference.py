@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset
 
 from dpo_retrieval.losses import DPOLoss
-from dpo_retrieval.reference import OnlineReference, add_reference_scores
+from dpo_retrieval.training.reference import OnlineReference, add_reference_scores
 
 ROWS = {
     "anchor": ["what causes cancer", "what causes cancer", "does sleep increase risk", "how does insulin work"],
@@ -79,13 +79,14 @@ def test_two_negatives_get_three_reference_scores_per_row(tiny_model):
 def test_trainer_runs_dpo_with_two_negatives(tmp_path, tiny_model_path, reference):
     import json
 
-    from dpo_retrieval.training import TrainConfig, train
+    from dpo_retrieval.training import DPOArgs, TrainArgs, train, training_arguments
 
     path = tmp_path / "k2.jsonl"
     path.write_text("".join(json.dumps(dict(zip(ROWS_K2, row))) + "\n" for row in zip(*ROWS_K2.values())))
-    out = train(TrainConfig(triplets=str(path), output=str(tmp_path / "out"), model=tiny_model_path,
-                            precision="fp32", max_steps=2, logging_steps=1, batch_size=2, max_seq_length=32,
-                            reference=reference, show_progress_bar=False))
+    out = train(TrainArgs(triplets=str(path), model=tiny_model_path, precision="fp32", max_seq_length=32),
+                training_arguments(str(tmp_path / "out"), max_steps=2, logging_steps=1, per_device_train_batch_size=2,
+                                   disable_tqdm=True),
+                DPOArgs(reference=reference))
     steps = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     steps = [r for r in steps if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2]

@@ -328,7 +328,7 @@ CASES = [
 # fixtures and helpers
 @pytest.fixture(scope="module")
 def built_index(tiny_model_path, tmp_path_factory) -> Path:
-    from dpo_retrieval.evaluation import index_corpus
+    from dpo_retrieval.retrieval.search import index_corpus
     from dpo_retrieval.models import load_model
 
     root = tmp_path_factory.mktemp("reliability-index")
@@ -503,7 +503,7 @@ RUN_CASES = [
 
 @pytest.mark.parametrize("name, content, expect", RUN_CASES, ids=[f"run-{i}" for i in range(len(RUN_CASES))])
 def test_bad_run_file_fails_cleanly(tmp_path, name, content, expect):
-    from dpo_retrieval.evaluation import read_run
+    from dpo_retrieval.evaluation.runs import read_run
 
     path = tmp_path / name
     if content is DIR:
@@ -523,9 +523,9 @@ def test_bad_run_file_fails_cleanly(tmp_path, name, content, expect):
 def test_index_write_failure_leaves_no_half_index(tiny_model, tmp_path, monkeypatch):
     import faiss
 
-    from dpo_retrieval import index as index_mod
-    from dpo_retrieval.evaluation import index_corpus
-    from dpo_retrieval.index import FaissIndex
+    from dpo_retrieval.retrieval import index as index_mod
+    from dpo_retrieval.retrieval.search import index_corpus
+    from dpo_retrieval.retrieval.index import FaissIndex
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_bytes(DATASET["ds/corpus.jsonl"])
@@ -548,8 +548,9 @@ def test_index_write_failure_leaves_no_half_index(tiny_model, tmp_path, monkeypa
 
 
 def test_json_and_report_writes_are_atomic(tmp_path, monkeypatch):
-    from dpo_retrieval import report
-    from dpo_retrieval.evaluation import write_json, write_run
+    from dpo_retrieval.experiment import report
+    from dpo_retrieval._io import write_json
+    from dpo_retrieval.evaluation.runs import write_run
 
     path = tmp_path / "results.json"
     write_json({"ok": 1}, path)
@@ -571,20 +572,22 @@ def test_json_and_report_writes_are_atomic(tmp_path, monkeypatch):
     assert run.read_bytes() == old
 
     md = tmp_path / "report.md"
-    report._atomic_write_bytes(md, b"old report\n")
+    from dpo_retrieval import _io
+
+    _io.write_text(md, "old report\n", fsync=True)
 
     def failing_fsync(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(report.os, "fsync", failing_fsync)
+    monkeypatch.setattr(_io.os, "fsync", failing_fsync)
     with pytest.raises(OSError):
-        report._atomic_write_bytes(md, b"new report, half written")
+        _io.write_text(md, "new report, half written", fsync=True)
     assert md.read_bytes() == b"old report\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md", "results.json", "run.trec"]
 
 
 def test_model_save_failure_leaves_no_loadable_half_model(tiny_model, tmp_path, monkeypatch):
-    from dpo_retrieval import training
+    from dpo_retrieval.training import save as training_save, trainer as training
     from dpo_retrieval.models import load_model
 
     out = tmp_path / "model"
@@ -599,13 +602,13 @@ def test_model_save_failure_leaves_no_loadable_half_model(tiny_model, tmp_path, 
 
     monkeypatch.setattr(type(tiny_model), "save", half_save)
     with pytest.raises(OSError):
-        training.save_model_atomically(tiny_model, out, model_card=False)
+        training_save.save_model_atomically(tiny_model, out, model_card=False)
     monkeypatch.undo()
     assert list(out.iterdir()) == []
 
     # 2. a save over an earlier model dies while moving files in (at each possible move): the
     #    mix of old and new files must not load
-    training.save_model_atomically(tiny_model, out, model_card=False)
+    training_save.save_model_atomically(tiny_model, out, model_card=False)
     assert load_model(str(out), device="cpu").encode(["hi"]).shape == (1, 32)
     moves = len(list(out.iterdir()))
     real_replace = os.replace
@@ -618,13 +621,13 @@ def test_model_save_failure_leaves_no_loadable_half_model(tiny_model, tmp_path, 
                 raise OSError(5, "I/O error")
             return real_replace(src, dst)
 
-        monkeypatch.setattr(training.os, "replace", dying_replace)
+        monkeypatch.setattr(training_save.os, "replace", dying_replace)
         with pytest.raises(OSError):
-            training.save_model_atomically(tiny_model, out, model_card=False)
+            training_save.save_model_atomically(tiny_model, out, model_card=False)
         monkeypatch.undo()
         with pytest.raises(UserInputError, match="not a model directory|cannot load"):
             load_model(str(out), device="cpu")
-    training.save_model_atomically(tiny_model, out, model_card=False)  # a later save repairs it
+    training_save.save_model_atomically(tiny_model, out, model_card=False)  # a later save repairs it
     assert load_model(str(out), device="cpu").encode(["hi"]).shape == (1, 32)
 
 
@@ -692,7 +695,7 @@ def test_nonfinite_stops_naming_the_step(tmp_path, tiny_model_path, monkeypatch,
 def test_nan_weights_are_never_saved(tiny_model, tmp_path):
     import torch
 
-    from dpo_retrieval.training import NonFiniteError, save_model_atomically
+    from dpo_retrieval.training.save import NonFiniteError, save_model_atomically
 
     with torch.no_grad():
         next(tiny_model.parameters())[0].fill_(float("nan"))
@@ -747,8 +750,14 @@ def test_remote_code_is_off_unless_asked(tmp_path, tiny_model_path, monkeypatch)
     load_model(tiny_model_path, device="cpu")
     load_model(tiny_model_path, device="cpu", trust_remote_code=True)
     assert seen == [False, True]
+    from dpo_retrieval.cli import train_parser
+
+    train_cmd = ["--triplets", "t", "--output", "o"]  # train's parser is generated from its dataclasses
+    assert train_parser().parse_args_into_dataclasses(train_cmd, look_for_args_file=False)[0].trust_remote_code is False
+    assert train_parser().parse_args_into_dataclasses([*train_cmd, "--trust-remote-code"],
+                                                      look_for_args_file=False)[0].trust_remote_code is True
     parser = build_parser()
-    for cmd in (["train", "--triplets", "t", "--output", "o"], ["index", "--corpus", "c", "--output", "o"],
+    for cmd in (["index", "--corpus", "c", "--output", "o"],
                 ["search", "--index", "i", "--query", "q"], ["evaluate", "--dataset", "d", "--output", "o"],
                 ["mine", "--dataset", "d", "--output", "o"], ["compare", "--dataset", "d", "--output", "o"]):
         assert parser.parse_args(cmd).trust_remote_code is False
@@ -810,7 +819,7 @@ independent = st.tuples(st.one_of(valid_lines(doc), lines_of(doc, junk_obj), som
 @FUZZ
 @given(files=st.one_of(consistent, independent))
 def test_fuzzed_beir_dataset_loads_or_fails_cleanly(files):
-    from dpo_retrieval.evaluation import load_beir
+    from dpo_retrieval.data.beir import load_beir
 
     with tempfile.TemporaryDirectory() as d:
         root = Path(d) / "ds"

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dpo_retrieval.report import (METRICS, build_report, fmt_diff, fmt_metric, fmt_p, fmt_time,
-                                  render_markdown, write_plots, write_report)
+from dpo_retrieval.experiment.plots import write_plots
+from dpo_retrieval.experiment.report import (METRICS, build_report, fmt_diff, fmt_metric, fmt_p, fmt_time,
+                                             render_markdown, write_report)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_RES = 1000  # resamples in the tests: plenty for checking structure, and fast
@@ -207,8 +208,8 @@ def test_write_report_replaces_existing_files(tmp_path):
 
 
 def test_report_holm_corrects_within_each_metric_and_dataset():
-    from dpo_retrieval.report import build_report, render_markdown
-    from dpo_retrieval.stats import holm
+    from dpo_retrieval.experiment.report import build_report, render_markdown
+    from dpo_retrieval.experiment.stats import holm
 
     rng = np.random.default_rng(0)
     qids = [f"q{i}" for i in range(60)]

@@ -115,7 +115,7 @@ def test_resume_without_a_checkpoint_refuses_a_finished_model(tmp_path, triplets
 
 
 def test_incomplete_checkpoints_are_skipped(tmp_path, caplog):
-    from dpo_retrieval.training import _latest_checkpoint, _truncate_log
+    from dpo_retrieval.training.save import _latest_checkpoint, _truncate_log
 
     ck = tmp_path / "checkpoints"
     for step, complete in ((2, True), (4, True), (6, False), (10, False)):

@@ -12,7 +12,7 @@ from datasets import Dataset
 
 from dpo_retrieval.errors import UserInputError
 from dpo_retrieval.losses import DPOLoss, candidate_scores
-from dpo_retrieval.reference import OnlineReference, add_reference_scores
+from dpo_retrieval.training.reference import OnlineReference, add_reference_scores
 
 ROWS = {
     "anchor": ["what causes cancer", "does sleep increase risk", "how does insulin work"],
@@ -103,7 +103,7 @@ def test_other_similarities_are_refused_in_one_line(tiny_model, similarity):
 def test_margin_scores_the_positive_on_the_faiss_candidates_scale(tmp_path, tiny_model):
     """Un-normalized cosine model: the positive scores the --margin filter compares are cosines, the
     same numbers FAISS gives the same documents as candidates."""
-    from dpo_retrieval.evaluation import BeirDataset
+    from dpo_retrieval.data.beir import BeirDataset
     from dpo_retrieval.mining import _positive_scores, dense_candidates
 
     model = unnormalized(tiny_model, "cosine")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from dpo_retrieval.stats import bootstrap_ci, compare_paired, paired_ttest, randomization_test
+from dpo_retrieval.experiment.stats import bootstrap_ci, compare_paired, paired_ttest, randomization_test
 
 
 def _mean_diff(x, y, axis=-1):
@@ -183,7 +183,7 @@ def test_compare_paired_identical_systems():
 
 
 def test_holm_matches_the_step_down_definition():
-    from dpo_retrieval.stats import holm
+    from dpo_retrieval.experiment.stats import holm
 
     # Sorted p 0.01, 0.02, 0.04 -> 3*0.01, max(0.03, 2*0.02), max(0.04, 1*0.04)
     assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])

@@ -41,7 +41,7 @@ def add_reference_scores(dataset, reference_model, *, batch_size: int = 64, prec
     :func:`~dpo_retrieval.losses.candidate_scores`), in float32. Returns ``(dataset_with_labels, stats)``
     where ``stats`` counts rows, texts and the distinct texts actually encoded.
     """
-    from dpo_retrieval.encoding import encode_texts
+    from dpo_retrieval.retrieval.encoding import encode_texts
     from dpo_retrieval.losses import candidate_scores, model_similarity
 
     start = time.perf_counter()

@@ -144,31 +144,16 @@ def randomization_test(
 
 
 def _randomization(d: np.ndarray, n_resamples: int, seed: int) -> dict[str, float]:
-    n = d.size
-    observed = abs(float(d.mean()))
-    # values that are equal in theory but differ by rounding count as "at least as extreme"
-    threshold = observed - abs(observed) * np.finfo(np.float64).eps * 100
+    """``scipy.stats.permutation_test`` on one sample (``permutation_type="samples"`` flips signs) with
+    the statistic ``|mean|`` and ``alternative="greater"``: the share of sign patterns whose ``|mean|``
+    is at least the observed one; exact when ``2**n <= n_resamples``, else Monte Carlo with
+    ``p = (count + 1) / (n_resamples + 1)``."""
+    from scipy import stats
 
-    if n < 63 and 2**n <= n_resamples:  # exact: every sign pattern once
-        total = 2**n
-        count = 0
-        rows = max(1, _CHUNK_CELLS // n)
-        for start in range(0, total, rows):
-            codes = np.arange(start, min(start + rows, total), dtype=np.int64)
-            bits = (codes[:, None] >> np.arange(n, dtype=np.int64)) & 1
-            means = ((1 - 2 * bits).astype(np.float64) @ d) / n
-            count += int(np.count_nonzero(np.abs(means) >= threshold))
-        return {"p": float(count / total)}
-
-    rng = np.random.default_rng(seed)
-    count = 0
-    rows = max(1, _CHUNK_CELLS // n)
-    for start in range(0, n_resamples, rows):
-        m = min(rows, n_resamples - start)
-        signs = 1.0 - 2.0 * rng.integers(0, 2, size=(m, n), dtype=np.int8)
-        means = (signs @ d) / n
-        count += int(np.count_nonzero(np.abs(means) >= threshold))
-    return {"p": float((count + 1) / (n_resamples + 1))}
+    res = stats.permutation_test((d,), lambda x, axis: np.abs(np.mean(x, axis=axis)), vectorized=True,
+                                 permutation_type="samples", n_resamples=n_resamples, alternative="greater",
+                                 batch=max(1, _CHUNK_CELLS // d.size), rng=np.random.default_rng(seed))
+    return {"p": float(min(1.0, res.pvalue))}
 
 
 def bootstrap_ci(
@@ -204,21 +189,17 @@ def _check_confidence(confidence: float) -> None:
 
 
 def _bootstrap(x: np.ndarray, n_resamples: int, confidence: float, seed: int) -> dict[str, float]:
-    n = x.size
-    mean = float(x.mean())
-    if _is_constant(x):  # every resample has the same mean
-        return {"mean": mean, "low": mean, "high": mean}
+    """``scipy.stats.bootstrap`` with ``method="percentile"`` on the mean."""
+    from scipy import stats
 
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples, dtype=np.float64)
-    rows = max(1, _CHUNK_CELLS // n)
-    for start in range(0, n_resamples, rows):
-        m = min(rows, n_resamples - start)
-        idx = rng.integers(0, n, size=(m, n))
-        means[start:start + m] = x[idx].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.percentile(means, [100.0 * alpha, 100.0 * (1.0 - alpha)])
-    return {"mean": mean, "low": float(low), "high": float(high)}
+    mean = float(x.mean())
+    if _is_constant(x):  # every resample has the same mean (scipy would warn about a degenerate sample)
+        return {"mean": mean, "low": mean, "high": mean}
+    res = stats.bootstrap((x,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
+                          method="percentile", vectorized=True, batch=max(1, _CHUNK_CELLS // x.size),
+                          rng=np.random.default_rng(seed))
+    ci = res.confidence_interval
+    return {"mean": mean, "low": float(ci.low), "high": float(ci.high)}
 
 
 def compare_paired(

@@ -20,18 +20,17 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every CPU variant it tries at INFO
 import faiss  # noqa: E402
 
-from dpo_retrieval.encoding import DEFAULT_BATCH_SIZE, DOC_JOIN, encode_texts, resolved_precision
+from dpo_retrieval._io import atomic_directory
+from dpo_retrieval.retrieval.encoding import DEFAULT_BATCH_SIZE, DOC_JOIN, encode_texts, resolved_precision
 from dpo_retrieval.errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -43,7 +42,6 @@ TITLES_FILE = "titles.json"
 META_FILE = "metadata.json"
 EMBEDDINGS_FILE = "embeddings.npy"
 DEFAULT_FACTORY = "Flat"
-DEFAULT_CHUNK_SIZE = 8192
 DEFAULT_NPROBE = 16
 DEFAULT_EF_SEARCH = 128
 #: Encoded at build time and stored; a model that does not reproduce it is not the indexing model.
@@ -111,7 +109,7 @@ def _min_train_points(factory: str) -> int:
 
 def model_settings(model, *, model_name: str | None = None, precision: str = "auto") -> dict:
     """What must match between the corpus side and the query side (plus provenance)."""
-    from dpo_retrieval.backends import model_backend
+    from dpo_retrieval.retrieval.backends import model_backend
     from dpo_retrieval.models import has_two_towers
 
     similarity, normalize, metric = similarity_settings(model)
@@ -241,19 +239,11 @@ class FaissIndex:
         ids[:, :k_eff] = np.where(valid, doc_ids[np.where(valid, pos, 0)], None)
         return scores, ids
 
-    def search_texts(self, model, texts: Sequence[str], k: int = 10, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                     precision: str = "auto", check: bool = True, **search_kwargs):
-        if check:
-            self.check_model(model)
-        return self.search(self.encode_queries(model, texts, batch_size=batch_size, precision=precision),
-                           k, **search_kwargs)
-
-    # -- persistence ---------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, *, embeddings: np.ndarray | None = None,
              overwrite: bool = True) -> Path:
         """Write the index directory atomically (temporary sibling directory, then rename)."""
         target = Path(directory)
-        with atomic_directory(target, overwrite=overwrite) as tmp:
+        with atomic_directory(target, marker=META_FILE, what="index directory", overwrite=overwrite) as tmp:
             if embeddings is not None:
                 np.save(tmp / EMBEDDINGS_FILE, np.asarray(embeddings, dtype=np.float32))
             self._write_into(tmp)
@@ -318,10 +308,6 @@ class FaissIndex:
         if not hasattr(self, "_title_of"):
             self._title_of = dict(zip(self.doc_ids, self.titles))
         return self._title_of.get(doc_id, "") or ""
-
-    def load_embeddings(self, directory: str | os.PathLike, *, mmap: bool = True) -> np.ndarray | None:
-        path = Path(directory) / EMBEDDINGS_FILE
-        return np.load(path, mmap_mode="r" if mmap else None) if path.exists() else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -410,159 +396,3 @@ def build_from_embeddings(embeddings: np.ndarray, doc_ids: Sequence[str], meta: 
     if gpu_index is not None:
         out._gpu = gpu_index
     return out
-
-
-def encode_corpus(model, texts: Iterable[str], *, count: int | None = None, normalize: bool = False,
-                  batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "auto",
-                  chunk_size: int = DEFAULT_CHUNK_SIZE, out: str | os.PathLike | None = None,
-                  show_progress_bar: bool | None = None) -> np.ndarray:
-    """Encode document texts chunk by chunk (task=document) into a float32 array.
-
-    ``texts`` may be a generator (a corpus file read lazily); with ``out`` the embeddings go to
-    a ``.npy`` memmap of ``count`` rows, so neither the texts nor the vectors need fit in memory.
-    """
-    from tqdm.auto import tqdm
-
-    if show_progress_bar is None:
-        show_progress_bar = logging.getLogger("dpo_retrieval").getEffectiveLevel() <= logging.INFO
-    if count is None:
-        texts = list(texts)
-        count = len(texts)
-    dim = model.get_embedding_dimension()
-    if out is not None:
-        arr = np.lib.format.open_memmap(str(out), mode="w+", dtype=np.float32, shape=(count, dim))
-    else:
-        arr = np.empty((count, dim), dtype=np.float32)
-    bar = tqdm(total=count, desc="Encoding documents", unit="doc", dynamic_ncols=True,
-               disable=not show_progress_bar)
-    filled = 0
-    chunk: list[str] = []
-
-    def flush():
-        nonlocal filled
-        if not chunk:
-            return
-        if filled + len(chunk) > count:
-            raise ValueError(f"more than the announced {count} texts")
-        arr[filled:filled + len(chunk)] = encode_texts(
-            model, chunk, batch_size=batch_size, precision=precision, task="document",
-            normalize_embeddings=normalize, progress=bar)
-        filled += len(chunk)
-        chunk.clear()
-
-    try:
-        for text in texts:
-            chunk.append(text)
-            if len(chunk) >= chunk_size:
-                flush()
-        flush()
-    finally:
-        bar.close()
-    if filled != count:
-        raise ValueError(f"got {filled} texts, expected {count}")
-    if isinstance(arr, np.memmap):
-        arr.flush()
-    return arr
-
-
-def build_index(model, doc_ids: Sequence[str], texts: Iterable[str], factory: str = DEFAULT_FACTORY, *,
-                batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "auto",
-                chunk_size: int = DEFAULT_CHUNK_SIZE, model_name: str | None = None,
-                show_progress_bar: bool | None = None, embeddings: np.ndarray | None = None,
-                titles: Sequence[str] | None = None) -> FaissIndex:
-    """Encode ``texts`` (one per doc id) with ``model`` and build an in-memory :class:`FaissIndex`.
-
-    Pass precomputed ``embeddings`` (from :func:`encode_corpus` with the same settings) to skip encoding.
-    """
-    meta = model_settings(model, model_name=model_name, precision=precision)
-    factory = check_factory(factory, meta["dimension"], meta["metric"])
-    t0 = time.perf_counter()
-    if embeddings is None:
-        embeddings = encode_corpus(model, texts, count=len(doc_ids), normalize=meta["normalize_embeddings"],
-                                   batch_size=batch_size, precision=precision, chunk_size=chunk_size,
-                                   show_progress_bar=show_progress_bar)
-    meta["encode_seconds"] = round(time.perf_counter() - t0, 3)
-    return build_from_embeddings(embeddings, doc_ids, meta, factory=factory, titles=titles)
-
-
-def build_index_on_disk(model, docs: Iterable[tuple[str, str, str]], output_dir: str | os.PathLike, *, count: int,
-                        factory: str = DEFAULT_FACTORY, batch_size: int = DEFAULT_BATCH_SIZE,
-                        precision: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE,
-                        model_name: str | None = None, keep_embeddings: bool = False,
-                        overwrite: bool = True, extra_meta: dict | None = None,
-                        show_progress_bar: bool | None = None) -> FaissIndex:
-    """Stream ``(doc_id, text, title)`` triples into an index directory, atomically.
-
-    Embeddings go to a memmap inside the temporary directory (kept as ``embeddings.npy`` with
-    ``keep_embeddings``), so a corpus larger than memory can be indexed. Nothing appears at
-    ``output_dir`` unless the whole build succeeds.
-    """
-    meta = model_settings(model, model_name=model_name, precision=precision)
-    meta.update(extra_meta or {})
-    factory = check_factory(factory, meta["dimension"], meta["metric"])
-    doc_ids: list[str] = []
-    titles: list[str] = []
-
-    def texts():
-        for doc_id, text, title in docs:
-            doc_ids.append(doc_id)
-            titles.append(title)
-            yield text
-
-    with atomic_directory(Path(output_dir), overwrite=overwrite) as tmp:
-        t0 = time.perf_counter()
-        emb = encode_corpus(model, texts(), count=count, normalize=meta["normalize_embeddings"],
-                            batch_size=batch_size, precision=precision, chunk_size=chunk_size,
-                            out=tmp / EMBEDDINGS_FILE, show_progress_bar=show_progress_bar)
-        meta["encode_seconds"] = round(time.perf_counter() - t0, 3)
-        index = build_from_embeddings(emb, doc_ids, meta, factory=factory, titles=titles)
-        del emb
-        if not keep_embeddings:
-            (tmp / EMBEDDINGS_FILE).unlink()
-        index._write_into(tmp)
-    return index
-
-
-class atomic_directory:
-    """``with atomic_directory(target) as tmp:`` fill ``tmp``; on success it becomes ``target``.
-
-    An existing ``target`` is replaced only if it is empty or an index directory (has
-    ``metadata.json``); on error the temporary directory is removed and ``target`` is untouched.
-    """
-
-    def __init__(self, target: Path, *, overwrite: bool = True) -> None:
-        self.target = Path(target)
-        self.overwrite = overwrite
-        self.tmp: Path | None = None
-
-    def __enter__(self) -> Path:
-        t = self.target
-        if t.exists() and not t.is_dir():
-            raise UserInputError.at(t, None, "is a file; --output expects a directory")
-        if t.is_dir() and any(t.iterdir()):
-            if not (t / META_FILE).exists():
-                raise UserInputError.at(t, None, "exists and is not an index directory; refusing to overwrite it")
-            if not self.overwrite:
-                raise UserInputError.at(t, None, "exists; pass --overwrite to replace it")
-        try:
-            t.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{t.name}.tmp-", dir=t.parent))
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(self.tmp, 0o777 & ~mask)  # mkdtemp makes it 0700
-        except OSError as err:
-            raise UserInputError.at(t, None, f"cannot create the output directory: {err.strerror or err}") from None
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        t = self.target
-        old = None
-        if t.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{t.name}.old-", dir=t.parent))
-            os.replace(t, old / "index")
-        os.replace(self.tmp, t)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from dpo_retrieval.data import join_title_text  # noqa: F401 - the one title + text join, re-exported here
+from dpo_retrieval.data.fields import join_title_text  # noqa: F401 - the one title + text join, re-exported here
 from dpo_retrieval.errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def resolved_precision(model, precision: str = "auto") -> str:
     """The precision ``encode_texts`` will really use for this model: fp32, bf16 or fp16.
 
     A model on the ONNX backend always runs fp32 (``auto`` resolves to it; bf16/fp16 are refused)."""
-    from dpo_retrieval.backends import model_backend
+    from dpo_retrieval.retrieval.backends import model_backend
     from dpo_retrieval.models import resolve_precision
 
     if model_backend(model) == "onnx":

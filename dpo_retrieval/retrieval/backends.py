@@ -434,7 +434,7 @@ def _probe_cached(key: str) -> dict | None:
 
 
 def _measure(model, repeats: int) -> dict:
-    from dpo_retrieval.encoding import encode_texts
+    from dpo_retrieval.retrieval.encoding import encode_texts
 
     texts = _probe_texts(int(getattr(model, "max_seq_length", None) or 256))
     swaps = _onnx_models(model, DEFAULT_LEVEL)

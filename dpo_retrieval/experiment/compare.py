@@ -17,17 +17,17 @@ training run that was interrupted resumes from its last checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import os
 import random
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dpo_retrieval._io import write_json
 from dpo_retrieval.errors import UserInputError
+from dpo_retrieval.experiment.stages import Stage, _dataset_stamp, fingerprint  # noqa: F401
 from dpo_retrieval.mining import MineConfig
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ PRESETS = {
     "quick": {"max_triplets": 256, "train_max_seq_length": 128, "epochs": 1.0, "batch_size": 32, "lr": 5e-5},
     "full": {"max_triplets": None, "train_max_seq_length": 256, "epochs": 1.0, "batch_size": 32, "lr": 2e-5},
 }
-#: TrainConfig fields only the DPO loss reads (training.build_loss / train): left out of the other
+#: DPOArgs fields only the DPO loss reads (training.build_loss / train): left out of the other
 #: losses' stage keys, so a DPO-only change does not retrain contrastive or dpr.
 DPO_ONLY = ("beta", "scale", "policy", "loss_type", "label_smoothing", "reference_free", "reference", "reference_model")
 METRIC_NAMES = {"ndcg@10": "NDCG@10", "recall@100": "Recall@100", "map@100": "MAP@100", "mrr@10": "MRR@10"}
@@ -86,9 +86,9 @@ class CompareConfig:
         values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in PRESETS[self.preset].items()}
         if values["max_triplets"] is not None and values["max_triplets"] <= 0:
             raise UserInputError("--max-triplets: must be > 0")
-        from dpo_retrieval.training import POLICY_DEFAULTS
+        from dpo_retrieval.losses import POLICY_DEFAULTS
 
-        from dpo_retrieval.backends import check_backend
+        from dpo_retrieval.retrieval.backends import check_backend
 
         check_backend(self.backend)
         if self.dropout not in ("on", "off"):
@@ -99,54 +99,6 @@ class CompareConfig:
         values["beta"] = self.beta if self.beta is not None else defaults["beta"]
         values["scale"] = self.scale if self.scale is not None else defaults["scale"]
         return dataclasses.replace(self, **values, mining=dataclasses.replace(self.mining, seed=self.seed).check())
-
-
-# ----------------------------------------------------------------------------------------------
-# stage bookkeeping
-def fingerprint(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _dataset_stamp(path: Path) -> dict:
-    files = [path / "corpus.jsonl", path / "queries.jsonl", *sorted((path / "qrels").glob("*.tsv"))]
-    return {str(f.relative_to(path)): [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()}
-
-
-class Stage:
-    """``<name>.stage.json`` beside a stage's output: the hash of its inputs and whether it finished."""
-
-    def __init__(self, marker: Path, key: dict) -> None:
-        self.marker = marker
-        self.key = key
-        self.hash = fingerprint(key)
-
-    def _read(self) -> dict:
-        try:
-            return json.loads(self.marker.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def done(self) -> bool:
-        rec = self._read()
-        return rec.get("hash") == self.hash and rec.get("status") == "done"
-
-    def started_same(self) -> bool:
-        return self._read().get("hash") == self.hash
-
-    def _write(self, status: str, **info) -> None:
-        self.marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.marker.with_name(self.marker.name + ".tmp")
-        tmp.write_text(json.dumps({"hash": self.hash, "status": status, "key": self.key, **info}, indent=2, default=str))
-        os.replace(tmp, self.marker)
-
-    def start(self) -> None:
-        self._write("running")
-
-    def finish(self, **info) -> None:
-        self._write("done", **info)
-
-    def info(self) -> dict:
-        return self._read()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,16 +117,24 @@ def _to_report_entry(result: dict, train_time: float | None) -> dict:
     }
 
 
-def _train_config(cfg: CompareConfig, loss: str, output: Path, triplets: Path):
-    from dpo_retrieval.training import TrainConfig
+#: the training arguments that enter a training stage's key
+TRAINING_KEY = ("num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+                "learning_rate", "warmup_steps", "logging_steps", "save_steps", "seed")
 
-    return TrainConfig(
-        triplets=str(triplets), output=str(output), model=cfg.model, loss=loss, beta=cfg.beta, scale=cfg.scale,
-        policy=cfg.policy, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing, epochs=cfg.epochs,
-        dropout=cfg.dropout,
-        batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, max_seq_length=cfg.train_max_seq_length,
-        seed=cfg.seed, device=cfg.device, precision=cfg.precision, show_progress_bar=cfg.show_progress_bar,
-        logging_steps=1, save_steps=50, trust_remote_code=cfg.trust_remote_code)
+
+def _train_config(cfg: CompareConfig, loss: str, output: Path, triplets: Path):
+    """``(TrainArgs, DPOArgs, training arguments)`` of one loss's training run, checked."""
+    from dpo_retrieval.training.args import DPOArgs, TrainArgs, check_training_arguments, training_arguments
+
+    inputs = TrainArgs(triplets=str(triplets), model=cfg.model, loss=loss, max_seq_length=cfg.train_max_seq_length,
+                       device=cfg.device, precision=cfg.precision, trust_remote_code=cfg.trust_remote_code).check()
+    dpo = DPOArgs(beta=cfg.beta, scale=cfg.scale, policy=cfg.policy, loss_type=cfg.loss_type,
+                  label_smoothing=cfg.label_smoothing, dropout=cfg.dropout).resolved()
+    args = training_arguments(str(output), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+                              learning_rate=cfg.lr, warmup_steps=cfg.warmup, seed=cfg.seed, logging_steps=1,
+                              save_steps=50, disable_tqdm=not cfg.show_progress_bar)
+    check_training_arguments(args)
+    return inputs, dpo, args
 
 
 def check_options(cfg: CompareConfig) -> tuple[CompareConfig, str]:
@@ -184,8 +144,8 @@ def check_options(cfg: CompareConfig) -> tuple[CompareConfig, str]:
 
     cfg = cfg.resolved()
     run = Path(cfg.output)
-    for loss in cfg.losses:  # the same TrainConfig.resolved() that train() runs after mining
-        _train_config(cfg, loss, run / "models" / loss, run / "train_triplets.jsonl").resolved()
+    for loss in cfg.losses:  # the same checks train() runs after mining
+        _train_config(cfg, loss, run / "models" / loss, run / "train_triplets.jsonl")
     for ok, message in ((cfg.top_k > 0, f"--top-k: must be > 0, got {cfg.top_k}"),
                         (cfg.eval_batch_size > 0, f"--eval-batch-size: must be > 0, got {cfg.eval_batch_size}"),
                         (cfg.eval_max_seq_length > 0,
@@ -201,15 +161,16 @@ def check_options(cfg: CompareConfig) -> tuple[CompareConfig, str]:
 def run_compare(cfg: CompareConfig) -> dict:
     """Run (or resume) the whole comparison; returns what ``write_report`` returned.
 
-    Stage keys (and the corpus-embeddings caches) hold :func:`~dpo_retrieval.evaluation.encoding_key`:
+    Stage keys (and the corpus-embeddings caches) hold :func:`~dpo_retrieval.retrieval.cache.encoding_key`:
     the model's weights (the base by a hash of its files, a trained model by its training stage's
     hash), the resolved precision, a hash of the texts and the package version."""
-    from dpo_retrieval.data import load_triplets, save_triplets
-    from dpo_retrieval.evaluation import (corpus_digest, encoding_key, evaluate_model, load_beir, model_id,
-                                          texts_digest, write_json)
+    from dpo_retrieval.data.beir import load_beir
+    from dpo_retrieval.data.triplets import load_triplets, save_triplets
+    from dpo_retrieval.evaluation.evaluate import evaluate_model
+    from dpo_retrieval.experiment.report import write_report
     from dpo_retrieval.mining import mine, overlapping_queries, subset_queries
     from dpo_retrieval.models import load_model, resolve_model_path
-    from dpo_retrieval.report import write_report
+    from dpo_retrieval.retrieval.cache import corpus_digest, encoding_key, model_id, texts_digest
     from dpo_retrieval.training import train
 
     cfg, precision = check_options(cfg)
@@ -220,7 +181,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     test_sets = [load_beir(cfg.dataset, "test")] + [load_beir(d, "test") for d in cfg.eval_datasets]
     base_path = resolve_model_path(cfg.model)
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    write_json(dataclasses.asdict(cfg), run / "config.json", default=str)
     digests: dict[str, str] = {}
 
     def docs_digest(ds) -> str:
@@ -274,10 +235,10 @@ def run_compare(cfg: CompareConfig) -> dict:
     model_stages = {"base": base_id}
     for loss in cfg.losses:
         out = run / "models" / loss
-        tcfg = _train_config(cfg, loss, out, train_file)
-        settings = {k: v for k, v in dataclasses.asdict(tcfg.resolved()).items()
-                    if k not in ("triplets", "output", "show_progress_bar", "model")
-                    and (loss == "dpo" or k not in DPO_ONLY)}
+        inputs, dpo, targs = _train_config(cfg, loss, out, train_file)
+        settings = {**{k: v for k, v in dataclasses.asdict(inputs).items() if k not in ("triplets", "model")},
+                    **{k: v for k, v in dataclasses.asdict(dpo).items() if loss == "dpo" or k not in DPO_ONLY},
+                    **{k: getattr(targs, k) for k in TRAINING_KEY}}
         # the training texts are the data stage's (its hash covers the mined triplets' key)
         key = {"encoding": encoding_key(base_id, precision, data_stage.hash), "train": settings}
         stage = Stage(run / "models" / f"{loss}.stage.json", key)
@@ -290,7 +251,7 @@ def run_compare(cfg: CompareConfig) -> dict:
             if out.exists() and not resume:
                 shutil.rmtree(out)
             stage.start()
-            train(dataclasses.replace(tcfg, resume=resume))
+            train(dataclasses.replace(inputs, resume=resume), targs, dpo)
             summary = json.loads((out / "train_summary.json").read_text())
             stage.finish(train_seconds=summary["train_seconds"], steps=summary["steps"])
         train_times[loss] = stage.info().get("train_seconds")

@@ -1,0 +1,111 @@
+"""Atomic writes: a file or directory appears whole or not at all (a temporary sibling, then ``os.replace``).
+
+Every writer of the package goes through these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from dpo_retrieval.errors import UserInputError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp", fsync: bool = False) -> Iterator[Path]:
+    """``with atomic_path(p) as tmp:`` write ``tmp`` (a sibling of ``p``); on success it replaces ``p``
+    (with the usual ``0666 & ~umask`` mode), on error it is removed and ``p`` is untouched."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError.at(path, None, "is a directory; expected a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as err:
+        raise UserInputError.at(path, None, f"cannot write: {err.strerror or err}") from None
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, write: Callable, *, fsync: bool = False) -> Path:
+    """Call ``write(f)`` on a UTF-8 text file that becomes ``path`` only once it is complete."""
+    with atomic_path(path, fsync=fsync) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            write(f)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
+    return atomic_write_text(path, lambda f: f.write(text), fsync=fsync)
+
+
+def write_json(obj, path: str | os.PathLike, **dump_kwargs) -> Path:
+    """Write JSON atomically (indented, UTF-8, a final newline)."""
+    kwargs = {"indent": 2, "ensure_ascii": False, **dump_kwargs}
+    return atomic_write_text(path, lambda f: (json.dump(obj, f, **kwargs), f.write("\n")))
+
+
+class atomic_directory:
+    """``with atomic_directory(target) as tmp:`` fill ``tmp``; on success it becomes ``target``.
+
+    An existing ``target`` is replaced only if it is empty or holds ``marker`` (the file that says it
+    is ours, e.g. an index's ``metadata.json``) and ``overwrite`` is set; on error the temporary
+    directory is removed and ``target`` is untouched.
+    """
+
+    def __init__(self, target: Path, *, marker: str, what: str = "directory", overwrite: bool = True) -> None:
+        self.target = Path(target)
+        self.marker = marker
+        self.what = what
+        self.overwrite = overwrite
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        t = self.target
+        if t.exists() and not t.is_dir():
+            raise UserInputError.at(t, None, "is a file; --output expects a directory")
+        if t.is_dir() and any(t.iterdir()):
+            if not (t / self.marker).exists():
+                raise UserInputError.at(t, None, f"exists and is not an {self.what}; refusing to overwrite it")
+            if not self.overwrite:
+                raise UserInputError.at(t, None, "exists; pass --overwrite to replace it")
+        try:
+            t.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{t.name}.tmp-", dir=t.parent))
+            os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
+        except OSError as err:
+            raise UserInputError.at(t, None, f"cannot create the output directory: {err.strerror or err}") from None
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        t = self.target
+        old = None
+        if t.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{t.name}.old-", dir=t.parent))
+            os.replace(t, old / "index")
+        os.replace(self.tmp, t)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,150 @@
+"""The settings of one training run, each option declared once (a dataclass field with its help):
+
+* :class:`TrainArgs`: what to train (triplets, starting model, loss) and where it runs;
+* :class:`DPOArgs`: the DPO loss, its reference and the policy's dropout;
+* sentence-transformers' own :class:`~sentence_transformers.SentenceTransformerTrainingArguments` for
+  the optimiser, schedule, logging, checkpoints and the hub; :func:`training_arguments` builds one
+  with this package's defaults (:data:`TRAINING_DEFAULTS`).
+
+``dpo-retrieval train`` is generated from the three with ``transformers.HfArgumentParser`` (a YAML or
+JSON config file works too). Checks raise :class:`~dpo_retrieval.errors.UserInputError` naming the
+field (``beta: must be a finite number > 0, got -1.0``); the CLI shows the flag instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Literal
+
+from dpo_retrieval.errors import UserInputError
+from dpo_retrieval.losses import policy_defaults
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+LOSSES = ("dpo", "contrastive", "dpr")
+
+#: this package's defaults for sentence-transformers' training arguments (the CLI's too)
+TRAINING_DEFAULTS = {
+    "num_train_epochs": 1.0, "per_device_train_batch_size": 32, "learning_rate": 2e-5,
+    "warmup_steps": 0.1,  # transformers 5: a float < 1 is a ratio of the total steps
+    "logging_steps": 10, "save_steps": 500, "save_total_limit": 2, "seed": 42, "report_to": "none",
+}
+
+
+def _check(checks) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise UserInputError(message)
+
+
+def _positive(value) -> bool:
+    return value is not None and value > 0 and math.isfinite(value)
+
+
+@dataclass
+class TrainArgs:
+    """What to train and where; the rest is :class:`DPOArgs` and the training arguments."""
+
+    triplets: str = field(metadata={"help": "triplet file: .jsonl/.json (query/positive/negative or negatives:[...]; "
+                                            "FlagEmbedding query/pos/neg; Tevatron positive_passages/negative_passages; "
+                                            "sentence-transformers anchor/positive/negative_1..k or query/answer/"
+                                            "negative*), .tsv/.csv, .parquet, a saved HF datasets directory, or a "
+                                            "dataset name (org/name, hf://org/name[:config]); id triplets need "
+                                            "--corpus/--queries"})
+    corpus: str | None = field(default=None, metadata={"help": "BEIR corpus.jsonl to resolve id triplets"})
+    queries: str | None = field(default=None, metadata={"help": "BEIR queries.jsonl to resolve id triplets"})
+    model: str | None = field(default=None, metadata={"help": "starting sentence-transformers model name or directory "
+                                                              "(default: the packaged all-MiniLM-L6-v2, offline)"})
+    loss: Literal["dpo", "contrastive", "dpr"] = field(default="dpo", metadata={
+        "help": "dpo: the DPO loss against a frozen reference; contrastive: MultipleNegativesRankingLoss (cosine, "
+                "scale 20, in-batch + hard negatives); dpr: the same with dot product and scale 1"})
+    max_seq_length: int = field(default=256, metadata={"help": "tokens per text"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or mps; auto picks cuda > mps > cpu"})
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
+        "help": "auto: bf16 on CPUs and GPUs that support it, fp16 AMP on older GPUs, else fp32 (sets the training "
+                "arguments' bf16/fp16)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in the output directory"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow a model's own Python code to run"})
+
+    def check(self) -> "TrainArgs":
+        _check([
+            (self.loss in LOSSES, f"loss: unknown loss {self.loss!r}; choose dpo, contrastive or dpr"),
+            (self.precision in ("auto", "fp32", "bf16", "fp16"), f"precision: unknown {self.precision!r}"),
+            (self.max_seq_length > 0, f"max_seq_length: must be > 0, got {self.max_seq_length}"),
+        ])
+        return self
+
+
+@dataclass
+class DPOArgs:
+    """The DPO loss's options (read only when ``loss`` is dpo, except dropout and on_nonfinite)."""
+
+    beta: float | None = field(default=None, metadata={
+        "help": "DPO beta: strength of the pull toward the reference (default by policy: linear 1, sigmoid 10)"})
+    scale: float | None = field(default=None, metadata={
+        "help": "DPO policy scale a in log pi(p|q) = log sigma(a * s(q,p)) (default by policy: linear 20, sigmoid 10)"})
+    policy: Literal["linear", "sigmoid"] = field(default="linear", metadata={
+        "help": "DPO policy: linear = scale*s (log of a softmax over candidates), sigmoid = log sigma(scale*s)"})
+    loss_type: Literal["sigmoid", "ipo"] = field(default="sigmoid", metadata={
+        "help": "DPO objective: sigmoid (Rafailov et al. 2023) or ipo (Azar et al. 2023)"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "cDPO label smoothing epsilon in [0, 0.5)"})
+    reference_free: bool = field(default=False, metadata={"help": "drop the reference from the DPO loss"})
+    reference: Literal["precomputed", "online"] = field(default="precomputed", metadata={
+        "help": "precomputed: score every triplet with the frozen reference once before training, then free it; "
+                "online: keep a frozen copy and score each batch"})
+    reference_model: str | None = field(default=None, metadata={
+        "help": "model that supplies reference scores (default: the starting model)"})
+    separate_towers: bool = field(default=False, metadata={
+        "help": "train separate query and passage encoders (saved as one sentence-transformers model)"})
+    dropout: Literal["on", "off"] = field(default="on", metadata={
+        "help": "dropout in the trained encoder: on = the model's own; off = p 0, so the DPO policy starts exactly "
+                "at the reference (TRL's DPO default)"})
+    on_nonfinite: Literal["stop", "skip"] = field(default="stop", metadata={
+        "help": "when a loss or gradient is NaN/inf: stop with a message naming the step, or skip the batch"})
+
+    def resolved(self) -> "DPOArgs":
+        """Check every field and fill the policy-dependent beta and scale (raises UserInputError)."""
+        from dpo_retrieval.losses import POLICY_DEFAULTS
+
+        _check([
+            (self.policy in POLICY_DEFAULTS, f"policy: unknown policy {self.policy!r}; choose linear or sigmoid"),
+            (self.loss_type in ("sigmoid", "ipo"), f"loss_type: unknown {self.loss_type!r}; choose sigmoid or ipo"),
+            (self.reference in ("precomputed", "online"), "reference: choose precomputed or online"),
+            (self.on_nonfinite in ("stop", "skip"), "on_nonfinite: choose stop or skip"),
+            (self.dropout in ("on", "off"), f"dropout: choose on or off, got {self.dropout!r}"),
+            (self.beta is None or _positive(self.beta), f"beta: must be a finite number > 0, got {self.beta}"),
+            (self.scale is None or _positive(self.scale), f"scale: must be a finite number > 0, got {self.scale}"),
+            (0.0 <= self.label_smoothing < 0.5, f"label_smoothing: must be in [0, 0.5), got {self.label_smoothing}"),
+        ])
+        beta, scale = policy_defaults(self.policy, self.beta, self.scale)
+        return dataclasses.replace(self, beta=beta, scale=scale)
+
+
+def training_arguments(output_dir: str, **overrides) -> "SentenceTransformerTrainingArguments":
+    """sentence-transformers' training arguments with :data:`TRAINING_DEFAULTS` under ``overrides``."""
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    values = {**TRAINING_DEFAULTS, **overrides}
+    # ours first: transformers' own checks raise ValueErrors that do not name the field the same way
+    check_training_arguments(SimpleNamespace(**{"gradient_accumulation_steps": 1, **values, "output_dir": output_dir}))
+    return SentenceTransformerTrainingArguments(output_dir=str(output_dir), **values)
+
+
+def check_training_arguments(args: "SentenceTransformerTrainingArguments") -> None:
+    """The checks sentence-transformers leaves to the trainer (raises UserInputError naming the field)."""
+    _check([
+        (args.output_dir, "output_dir: required (the directory for the model, train_log.jsonl and checkpoints)"),
+        (args.per_device_train_batch_size > 0,
+         f"per_device_train_batch_size: must be > 0, got {args.per_device_train_batch_size}"),
+        (_positive(args.num_train_epochs), f"num_train_epochs: must be a finite number > 0, got {args.num_train_epochs}"),
+        (_positive(args.learning_rate), f"learning_rate: must be a finite number > 0, got {args.learning_rate}"),
+        (args.warmup_steps >= 0, f"warmup_steps: must be >= 0, got {args.warmup_steps}"),
+        (args.gradient_accumulation_steps > 0,
+         f"gradient_accumulation_steps: must be > 0, got {args.gradient_accumulation_steps}"),
+        (args.save_steps > 0, f"save_steps: must be > 0, got {args.save_steps}"),
+        (args.logging_steps > 0, f"logging_steps: must be > 0, got {args.logging_steps}"),
+    ])

@@ -1,0 +1,179 @@
+"""``train``: one call from a triplet file to a saved sentence-transformers model.
+
+Built on :class:`sentence_transformers.SentenceTransformerTrainer`; what this package adds is the
+glue: the reference scores, the loss choice, reward metrics in the log, a JSONL log, a guard
+against non-finite losses and gradients, and an atomic final save.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+from dpo_retrieval._io import write_json
+from dpo_retrieval.errors import UserInputError
+from dpo_retrieval.losses import DPOLoss
+from dpo_retrieval.training.args import LOSSES, DPOArgs, TrainArgs, check_training_arguments
+from dpo_retrieval.training.save import _latest_checkpoint, _truncate_log, save_model_atomically
+from dpo_retrieval.training.trainer import (FiniteGradientCallback, JsonlLogCallback, NonFiniteError,
+                                            PreferenceTrainer, disable_dropout)
+
+logger = logging.getLogger(__name__)
+#: the training arguments recorded in train_summary.json
+TRAINING_SUMMARY = ("output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                    "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type", "warmup_steps",
+                    "weight_decay", "logging_steps", "save_steps", "seed", "report_to", "push_to_hub", "hub_model_id")
+
+
+def task_prompt(model, task: str) -> str | None:
+    """The prompt ``model.encode_query`` (``task="query"``) or ``model.encode_document``
+    (``task="document"``) prepends, resolved the way sentence-transformers does; None for none."""
+    prompts = getattr(model, "prompts", None) or {}
+    names = ("query",) if task == "query" else ("document", "passage", "corpus")
+    name = next((n for n in names if n in prompts), getattr(model, "default_prompt_name", None))
+    return (prompts.get(name) or None) if name is not None else None
+
+
+def training_prompts(model, query_col: str, doc_cols: list[str]) -> dict[str, str]:
+    """sentence-transformers' per-column ``prompts`` training argument: the query column gets the
+    model's query prompt, the positive/negative columns its document prompt, so the policy trains on
+    the texts the reference, mining and evaluation encode. Empty when the model has no prompts."""
+    query, document = task_prompt(model, "query"), task_prompt(model, "document")
+    prompts = {query_col: query} if query else {}
+    if document:
+        prompts.update({col: document for col in doc_cols})
+    return prompts
+
+
+def build_loss(loss: str, model, dpo: DPOArgs | None = None, reference=None):
+    """The loss object for ``loss`` (DPO here, set by ``dpo``; the baselines are sentence-transformers' own)."""
+    if loss == "dpo":
+        dpo = (dpo or DPOArgs()).resolved()
+        return DPOLoss(model, beta=dpo.beta, scale=dpo.scale, policy=dpo.policy, loss_type=dpo.loss_type,
+                       label_smoothing=dpo.label_smoothing, reference_free=dpo.reference_free, reference=reference)
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.util import cos_sim, dot_score
+
+    if loss == "contrastive":
+        return MultipleNegativesRankingLoss(model, scale=20.0, similarity_fct=cos_sim)
+    if loss == "dpr":  # Karpukhin et al. 2020: dot product, no temperature
+        return MultipleNegativesRankingLoss(model, scale=1.0, similarity_fct=dot_score)
+    raise ValueError(f"Unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+
+
+def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
+    """Train one model and return its directory, ``args.output_dir``. Bad input fails before anything is written.
+
+    ``args``: sentence-transformers' ``SentenceTransformerTrainingArguments`` (see
+    :func:`~dpo_retrieval.training.args.training_arguments`); checkpoints go to ``output_dir/checkpoints``;
+    ``bf16``/``fp16``/``use_cpu`` follow ``cfg.precision`` and ``cfg.device``."""
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    from dpo_retrieval.data.triplets import load_triplets
+    from dpo_retrieval.models import has_two_towers, load_model, make_two_towers, resolve_device, resolve_precision
+    from dpo_retrieval.training.reference import OnlineReference, add_reference_scores
+
+    cfg, dpo = cfg.check(), (dpo or DPOArgs()).resolved()
+    check_training_arguments(args)
+    output = Path(args.output_dir)
+    checkpoints = output / "checkpoints"
+    resume_from = _latest_checkpoint(checkpoints) if cfg.resume else None
+    if output.exists() and not output.is_dir():
+        raise UserInputError(f"output_dir: {output} exists and is not a directory")
+    if output.exists() and any(output.iterdir()) and not cfg.resume:
+        raise UserInputError(f"output_dir: {output} already exists and is not empty; pass --resume to continue "
+                             "its training or choose a new directory")
+    if cfg.resume and resume_from is None and (output / "modules.json").exists():
+        raise UserInputError(f"resume: {output} holds a finished model and no checkpoint to resume")
+
+    # Everything that can fail on bad input happens before the output directory exists.
+    dataset = load_triplets(cfg.triplets, corpus=cfg.corpus, queries=cfg.queries)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    model = load_model(cfg.model, device=device, max_seq_length=cfg.max_seq_length,
+                       trust_remote_code=cfg.trust_remote_code)
+    card = model.model_card_data  # filled by sentence-transformers from the loss's config and citation
+    card.add_tags(["dpo-retrieval", f"loss-{cfg.loss}"])
+    card.model_name = f"{Path(str(cfg.model or 'all-MiniLM-L6-v2')).name} fine-tuned with dpo-retrieval ({cfg.loss})"
+    reference = None
+    ref_stats = None
+    if cfg.loss == "dpo" and not dpo.reference_free:
+        ref_model = (load_model(dpo.reference_model, device=device, max_seq_length=cfg.max_seq_length,
+                                trust_remote_code=cfg.trust_remote_code)
+                     if dpo.reference_model else None)
+        if dpo.reference == "precomputed":
+            dataset, ref_stats = add_reference_scores(dataset, ref_model or model, precision=precision,
+                                                      show_progress_bar=not args.disable_tqdm)
+            del ref_model
+        else:
+            if ref_model is not None and ref_model.tokenizer.get_vocab() != model.tokenizer.get_vocab():
+                raise UserInputError("reference: online needs a reference model with the policy's tokenizer; "
+                                     "use precomputed")
+            reference = OnlineReference(ref_model) if ref_model is not None else OnlineReference.frozen_copy(model)
+    elif "label" in dataset.column_names:
+        dataset = dataset.remove_columns("label")
+    query_col, *doc_cols = [c for c in dataset.column_names if c != "label"]
+    prompts = training_prompts(model, query_col, doc_cols)
+    if dpo.separate_towers and not has_two_towers(model):
+        shared = model
+        model = make_two_towers(model)
+        model.prompts, model.default_prompt_name = dict(shared.prompts), shared.default_prompt_name
+        del shared
+    if dpo.dropout == "off":
+        logger.info("dropout off in %d modules", disable_dropout(model))
+
+    loss = build_loss(cfg.loss, model, dpo, reference)
+    if prompts:
+        logger.info("training with the model's prompts: %s", prompts)
+    trainer_args = dataclasses.replace(
+        args,
+        output_dir=str(checkpoints),
+        save_strategy="steps",
+        data_seed=args.data_seed if args.data_seed is not None else args.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        batch_sampler=BatchSamplers.NO_DUPLICATES,  # duplicate texts would poison in-batch negatives
+        router_mapping=({query_col: "query", **{c: "document" for c in doc_cols}} if has_two_towers(model) else {}),
+        prompts=prompts or None,  # the texts encode_query/encode_document see (reference, mining, evaluation)
+        dataloader_drop_last=False,
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    log_path = output / "train_log.jsonl"
+    if not cfg.resume and log_path.exists():
+        log_path.unlink()
+    if resume_from is not None:  # the steps after the checkpoint run again: log them once
+        _truncate_log(log_path, int(Path(resume_from).name.split("-")[-1]))
+    grad_guard = FiniteGradientCallback(dpo.on_nonfinite)
+    trainer = PreferenceTrainer(
+        model=model, args=trainer_args, train_dataset=dataset, loss=loss, on_nonfinite=dpo.on_nonfinite,
+        callbacks=[JsonlLogCallback(log_path), grad_guard],
+    )
+    logger.info("training %s on %d triplets (negatives per query: %d), device %s, precision %s",
+                cfg.loss, len(dataset), len(doc_cols) - 1, device, precision)
+    start = time.perf_counter()
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    except NonFiniteError as err:
+        raise UserInputError(f"training stopped: {err}; nothing was saved (try a lower --lr, "
+                             "--precision fp32, or --on-nonfinite skip)") from err
+    seconds = time.perf_counter() - start
+    save_model_atomically(model, output)
+    summary = {
+        "config": {**dataclasses.asdict(cfg), **dataclasses.asdict(dpo),
+                   **{k: v for k, v in args.to_dict().items() if k in TRAINING_SUMMARY}},
+        "device": device,
+        "precision": precision,
+        "steps": trainer.state.global_step,
+        "train_seconds": round(seconds, 3),
+        "seconds_per_step": round(seconds / max(1, trainer.state.global_step), 4),
+        "train_loss": result.training_loss,
+        "reference_precompute": ref_stats,
+        "skipped_batches": trainer.skipped_batches + grad_guard.skipped,
+        "scaler_skipped_steps": grad_guard.scaler_skipped,
+    }
+    write_json(summary, output / "train_summary.json", default=str)
+    logger.info("trained %d steps in %.1fs (%.2fs/step)", summary["steps"], seconds, summary["seconds_per_step"])
+    return output
