@@ -42,13 +42,9 @@ def forward_flops(batch: int, seq_len: int) -> float:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from dpo_retrieval.models import cpu_name
+
+    return cpu_name()
 
 
 def cpu_flags() -> list[str]:

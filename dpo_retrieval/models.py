@@ -46,6 +46,19 @@ def resolve_device(device: str | None = "auto") -> str:
     return device
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for recording where a measurement ran."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def cpu_supports_bf16() -> bool:
     """True where the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), e.g. Zen 4."""
     try:

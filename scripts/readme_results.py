@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from dpo_retrieval.models import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -37,16 +38,6 @@ RUNS = {
     "scifact_full": ["--dataset", "scifact", "--preset", "full", "--output", "runs/scifact-full"],
 }
 ALIASES = {"quick": "scifact_quick", "dropout": "scifact_quick_dropout_off", "full": "scifact_full"}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _write(path: Path, obj) -> None:
@@ -94,7 +85,7 @@ def run_one(name: str) -> None:
         "reused_mining_from": "runs/scifact-quick" if reused else None,
         "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
-        "cpu": cpu_model(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "report": report,

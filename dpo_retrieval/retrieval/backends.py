@@ -24,7 +24,6 @@ import inspect
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from dpo_retrieval.errors import UserInputError
+from dpo_retrieval.models import cpu_name
 
 logger = logging.getLogger(__name__)
 
@@ -332,16 +332,6 @@ def resolve_backend(backend: str, model, device: str | None = None) -> str:
     return probe(model)["backend"]
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def probe_key(model) -> dict:
     """What the probe's answer depends on: this machine, the libraries and the model's shape."""
     import onnxruntime
@@ -349,7 +339,7 @@ def probe_key(model) -> dict:
     cfgs = [m.model.config for m in _transformer_modules(model)]
     shape = [{k: getattr(c, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers",
                                                  "num_attention_heads", "intermediate_size")} for c in cfgs]
-    return {"cpu": _cpu_name(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+    return {"cpu": cpu_name(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "level": DEFAULT_LEVEL,
             "max_seq_length": getattr(model, "max_seq_length", None), "shape": shape}
 
