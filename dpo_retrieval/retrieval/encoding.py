@@ -2,7 +2,8 @@
 
 ``encode_texts`` wraps ``SentenceTransformer.encode`` (or ``encode_query``/``encode_document`` when a
 task is given, so two-tower ``Router`` models route each side through its own tower), runs it under
-bf16 autocast where the hardware does bf16 natively, and always hands back float32 numpy.
+bf16 autocast where ``resolve_precision`` picks bf16 (a GPU with bf16, or a CPU where a bf16 matmul
+measures faster than fp32), and always hands back float32 numpy.
 """
 
 from __future__ import annotations

@@ -65,8 +65,8 @@ class TrainArgs:
     max_seq_length: int = field(default=256, metadata={"help": "tokens per text"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or mps; auto picks cuda > mps > cpu"})
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
-        "help": "auto: bf16 on CPUs and GPUs that support it, fp16 AMP on older GPUs, else fp32 (sets the training "
-                "arguments' bf16/fp16)"})
+        "help": "auto: bf16 on GPUs that support it and on CPUs where a bf16 matmul measures faster than "
+                "fp32, fp16 AMP on older GPUs, else fp32 (sets the training arguments' bf16/fp16)"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in the output directory"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow a model's own Python code to run"})
 
