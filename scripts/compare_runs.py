@@ -1,9 +1,9 @@
 """Paired comparison of the same model across two `dpo-retrieval compare` run directories.
 
-Used for ablations (e.g. `--dropout on` vs `--dropout off`): for every model and evaluation set both
-runs hold, prints run A − run B on nDCG@10 over queries with the report's statistics (paired
-t-test, randomization test, 95% bootstrap interval) and the t-test p-value after Holm's correction
-over all rows of the table. `--json FILE` also writes the rows to a results file.
+Used for ablations (e.g. `--dropout on` vs `--dropout off`): for every trained model and evaluation
+set both runs hold (the untrained base is the same in both and left out), prints run A − run B on
+nDCG@10 over queries with the report's statistics (paired t-test, randomization test, 95% bootstrap
+interval) and the t-test p-value after Holm's correction over all rows of the table. `--json FILE` also writes the rows to a results file.
 
     python scripts/compare_runs.py runs/scifact-quick runs/scifact-quick-dropout-off \\
         --json benchmarks/results/dropout_ablation.json
@@ -28,8 +28,8 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for path_a in sorted(args.run_a.glob("eval/*/*.json")):
-        if path_a.name.endswith(".stage.json"):
-            continue
+        if path_a.name.endswith(".stage.json") or path_a.parent.name == "base":
+            continue  # the base model is the same in both runs: not part of the comparison
         path_b = args.run_b / path_a.relative_to(args.run_a)
         if not path_b.is_file():
             continue
