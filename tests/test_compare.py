@@ -200,8 +200,9 @@ def test_compare_bad_training_option_fails_before_anything(extra, option, tmp_pa
 
 
 @pytest.mark.parametrize("bad", [{"beta": -1.0}, {"lr": 0.0}, {"label_smoothing": 0.7}, {"batch_size": 0},
-                                 {"warmup": -1.0}, {"epochs": 0.0}, {"top_k": 0}, {"eval_batch_size": 0}],
-                         ids=lambda d: next(iter(d)))
+                                 {"warmup": -1.0}, {"epochs": 0.0}, {"top_k": 0}, {"eval_batch_size": 0},
+                                 {"seeds": (1, 1)}, {"seeds": (1, "2")}],
+                         ids=lambda d: f"{next(iter(d))}={next(iter(d.values()))}")
 def test_run_compare_checks_training_options_first(bad, tmp_path, tiny_model_path, monkeypatch):
     import dpo_retrieval.data.beir
     import dpo_retrieval.mining
@@ -271,3 +272,105 @@ def test_embeddings_cache_key_holds_model_precision_texts_and_version(tmp_path, 
     meta = json.loads(Path(str(cache) + ".json").read_text())
     assert meta["key"] == cache_mod.encoding_key("A", "fp32", cache_mod.corpus_digest(edited), backend="torch") \
         and meta["key"]["version"] == "999"
+
+
+def _load_compare_runs():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "compare_runs.py"
+    spec = importlib.util.spec_from_file_location("compare_runs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_with_several_training_seeds(tmp_path, tiny_model_path):
+    """Issue 11: ``seeds`` trains each loss once per seed on the same mined triplets; the first run's
+    single-seed models (its --seed) are reused as one of the seeds, every other seed gets <loss>-seed<k>;
+    the report has mean ± std over seeds; a second run skips every stage; compare_runs averages seeds."""
+    import dataclasses
+
+    from dpo_retrieval.experiment.compare import CompareConfig, run_compare
+    from dpo_retrieval.mining import MineConfig
+
+    data = write_tiny_beir(tmp_path / "tiny")
+    out = tmp_path / "run"
+    cfg = CompareConfig(dataset=str(data), output=str(out), model=tiny_model_path, max_triplets=10, batch_size=4,
+                        train_max_seq_length=32, eval_max_seq_length=32, precision="fp32", top_k=20, seed=1,
+                        mining=MineConfig(rank_min=2, rank_max=12, dev_fraction=0.2), show_progress_bar=False)
+    run_compare(cfg)  # a single-seed run (seeds default to (seed,)): models/<loss>/ as before
+    assert not list((out / "models").glob("*-seed*"))
+    single = json.loads((out / "report.json").read_text())["datasets"]["tiny"]["rows"]
+    kept = _mtimes([out / "mine" / "triplets.jsonl", out / "train_triplets.jsonl",
+                    *[out / "models" / loss / "model.safetensors" for loss in ("dpo", "contrastive")],
+                    *out.glob("eval/*/*.json"), *out.glob("embeddings/*/*.npy")])
+
+    multi = dataclasses.replace(cfg, seeds=(1, 2))
+    run_compare(multi)
+    assert _mtimes(kept) == kept, "mining or the seed-1 models were redone"
+    for loss in ("dpo", "contrastive"):
+        stages = {k: json.loads((out / "models" / f"{name}.stage.json").read_text())
+                  for k, name in ((1, loss), (2, f"{loss}-seed2"))}
+        assert {k: st["key"]["train"]["seed"] for k, st in stages.items()} == {1: 1, 2: 2}
+        assert stages[1]["key"]["encoding"] == stages[2]["key"]["encoding"]  # same base and triplets
+        weights = [(out / "models" / name / "model.safetensors").read_bytes() for name in (loss, f"{loss}-seed2")]
+        assert weights[0] != weights[1], f"{loss}: the two seeds trained the same model"
+        assert (out / "eval" / f"{loss}-seed2" / "tiny.json").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["seeds"] == [1, 2] and report["holm_family"].startswith("all comparisons")
+    for name, ds in report["datasets"].items():
+        rows = {r["model"]: r for r in ds["rows"]}
+        assert list(rows) == ["base", "dpo", "contrastive"], name
+        for loss in ("dpo", "contrastive"):
+            r = rows[loss]
+            assert r["seeds"] == [1, 2] and set(r["per_seed"]) == {"1", "2"}
+            assert r["std"]["NDCG@10"] is not None and r["std"]["NDCG@10"] >= 0
+            seed_values = [r["per_seed"][s]["NDCG@10"] for s in ("1", "2")]
+            assert r["NDCG@10"] == pytest.approx(sum(seed_values) / 2)
+            assert 0.0 <= r["harm_rate"] <= 1.0
+        assert rows["base"]["std"]["NDCG@10"] is None
+    tiny = {r["model"]: r for r in report["datasets"]["tiny"]["rows"]}
+    assert tiny["dpo"]["per_seed"]["1"]["NDCG@10"] == pytest.approx(
+        next(r for r in single if r["model"] == "dpo")["NDCG@10"])
+    md = (out / "report.md").read_text()
+    assert "training seeds 1, 2" in md and " ± " in md
+    assert (out / "forest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a second run skips every stage: nothing trained, encoded or evaluated again
+    done = _mtimes([*out.glob("models/*/model.safetensors"), *out.glob("models/*.stage.json"),
+                    *out.glob("eval/*/*.json"), *out.glob("embeddings/*/*.npy"), out / "mine" / "triplets.jsonl"])
+    assert len(list(out.glob("models/*/model.safetensors"))) == 4
+    run_compare(multi)
+    assert _mtimes(done) == done
+
+    # compare_runs on the run against itself: one row per loss and eval set, seeds averaged, no difference
+    rows = _load_compare_runs().compare_runs(out, out)
+    assert {(r["model"], r["eval_set"]) for r in rows} == {(loss, ds) for loss in ("dpo", "contrastive")
+                                                           for ds in ("tiny", "tiny-dev")}
+    assert all(r["seeds_a"] == [1, 2] and r["diff"] == 0 and r["p_holm"] == 1.0 for r in rows)
+
+
+def test_compare_runs_averages_each_runs_seeds(tmp_path):
+    """scripts/compare_runs.py on a multi-seed run against an old single-seed run: the seeds in the run's
+    config.json are averaged per query (a stale seed directory and the base are left out)."""
+    def write_run(root: Path, config: dict, evals: dict) -> Path:
+        (root / "eval").mkdir(parents=True)
+        (root / "config.json").write_text(json.dumps(config))
+        for name, scores in evals.items():
+            (root / "eval" / name).mkdir()
+            per_query = {q: {"ndcg@10": v} for q, v in scores.items()}
+            (root / "eval" / name / "tiny.json").write_text(json.dumps({"per_query": per_query}))
+            (root / "eval" / name / "tiny.stage.json").write_text("{}")
+        return root
+
+    a = write_run(tmp_path / "a", {"seed": 42, "seeds": [42, 7]}, {
+        "base": {"q1": 0.0, "q2": 0.0, "q3": 0.0}, "dpo": {"q1": 0.2, "q2": 0.4, "q3": 0.6},
+        "dpo-seed7": {"q1": 0.4, "q2": 0.6, "q3": 0.6}, "dpo-seed9": {"q1": 9.0, "q2": 9.0, "q3": 9.0}})
+    b = write_run(tmp_path / "b", {"seed": 42}, {"dpo": {"q1": 0.1, "q2": 0.5, "q3": 0.4},
+                                                 "contrastive": {"q1": 0.1, "q2": 0.5, "q3": 0.4}})
+    rows = _load_compare_runs().compare_runs(a, b)
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["model"], row["eval_set"], row["seeds_a"], row["seeds_b"]) == ("dpo", "tiny", [7, 42], [42])
+    assert row["mean_a"] == pytest.approx((0.3 + 0.5 + 0.6) / 3) and row["mean_b"] == pytest.approx(1 / 3)
+    assert row["n_queries"] == 3 and row["p_holm"] == pytest.approx(row["p_ttest"])

@@ -125,7 +125,7 @@ def test_report_rejects_bad_input():
 # ---------------------------------------------------------------------------- report.md
 def test_markdown_tables(report):
     md = render_markdown(report)
-    header = "| Model | nDCG@10 | Recall@100 | MAP@100 | MRR@10 | Train time | Eval time |"
+    header = "| Model | nDCG@10 | Recall@100 | MAP@100 | MRR@10 | Harm rate | Train time | Eval time |"
     assert md.count(header) == 2
     for ds_name, ds in report["datasets"].items():
         assert f"## {ds_name}" in md
@@ -167,7 +167,7 @@ def test_write_plots(written):
     out_dir = written["report_json"].parent
     assert sorted(p.name for p in paths) == sorted([
         "metrics_scifact.png", "metrics_dbpedia-entity-5k.png", "per_query_diff_scifact.png",
-        "per_query_diff_dbpedia-entity-5k.png", "training_curves.png"])
+        "per_query_diff_dbpedia-entity-5k.png", "forest.png", "training_curves.png"])
     for p in paths:
         assert p.parent == out_dir
         _assert_png(p)
@@ -190,8 +190,9 @@ def test_write_plots_without_contrastive_or_logs(tmp_path):
     res["training_logs"] = {}
     rep = build_report(res, n_resamples=200)
     paths = write_plots(res, rep, tmp_path / "plots")
-    assert [p.name for p in paths] == ["metrics_nfcorpus.png"]
-    _assert_png(paths[0])
+    assert [p.name for p in paths] == ["metrics_nfcorpus.png", "forest.png"]
+    for p in paths:
+        _assert_png(p)
 
 
 def test_write_report_replaces_existing_files(tmp_path):
@@ -204,25 +205,93 @@ def test_write_report_replaces_existing_files(tmp_path):
     second = write_report(res, tmp_path, n_resamples=200)
     assert '"beta": 0.5' in second["report_md"].read_text()
     assert json.loads(first["report_json"].read_text())["config"]["beta"] == 0.5
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics_nfcorpus.png", "report.json", "report.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forest.png", "metrics_nfcorpus.png", "report.json",
+                                                          "report.md"]
 
 
-def test_report_holm_corrects_within_each_metric_and_dataset():
-    from dpo_retrieval.experiment.report import build_report, render_markdown
+def test_report_holm_corrects_over_all_comparisons_of_a_table():
+    """Issue 11: the Holm family is every comparison of a dataset's table (all pairs and all metrics),
+    not one metric's rows; each dataset is its own family."""
     from dpo_retrieval.experiment.stats import holm
 
-    rng = np.random.default_rng(0)
-    qids = [f"q{i}" for i in range(60)]
-    base = rng.uniform(0.2, 0.8, size=60)
-    models = {}
-    for name, shift in (("base", 0.0), ("dpo", 0.01), ("contrastive", 0.05)):
-        vals = np.clip(base + shift + rng.normal(0, 0.05, size=60), 0, 1)
-        models[name] = {"metrics": {"NDCG@10": float(vals.mean())},
-                        "per_query": {"NDCG@10": dict(zip(qids, vals.tolist()))}}
-    report = build_report({"dataset_runs": {"toy": {"models": models}}}, seed=0, n_resamples=200)
-    comps = [c for c in report["datasets"]["toy"]["comparisons"] if c["metric"] == "NDCG@10"]
-    assert len(comps) == 3
-    assert [c["p_holm"] for c in comps] == pytest.approx(holm([c["p_ttest"] for c in comps]))
-    assert all(c["p_holm"] >= c["p_ttest"] for c in comps)
+    report = build_report(make_results(), seed=0, n_resamples=200)
+    for ds in report["datasets"].values():
+        comps = ds["comparisons"]
+        assert len(comps) == 3 * len(METRICS)
+        assert [c["p_holm"] for c in comps] == pytest.approx(holm([c["p_ttest"] for c in comps]))
+        one_metric = [c for c in comps if c["metric"] == "NDCG@10"]
+        assert [c["p_holm"] for c in one_metric] != pytest.approx(holm([c["p_ttest"] for c in one_metric]))
+    assert "all comparisons" in report["holm_family"]
     md = render_markdown(report)
-    assert "p (Holm)" in md and "Holm's step-down correction" in md
+    assert "p (Holm)" in md and "corrected over all 12 comparisons of this table" in md
+    assert "Holm's step-down correction over all comparisons" in md
+
+
+# ---------------------------------------------------------------------------- seeds, harm rate, forest plot
+def _entry(scores: dict, train_time=None) -> dict:
+    return {"metrics": {"NDCG@10": float(np.mean(list(scores.values())))}, "per_query": {"NDCG@10": scores},
+            "train_time_s": train_time, "eval_time_s": 1.0}
+
+
+def test_report_harm_rate_column():
+    base = {"q1": 0.5, "q2": 0.5, "q3": 0.5, "q4": 0.5}
+    dpo = {"q1": 0.3, "q2": 0.48, "q3": 0.9, "q4": 0.5}      # q1 harmed (−0.2); q2 within 0.05
+    res = {"dataset_runs": {"toy": {"models": {"base": _entry(base), "dpo": _entry(dpo, 5.0)}}}}
+    rep = build_report(res, n_resamples=200)
+    rows = {r["model"]: r for r in rep["datasets"]["toy"]["rows"]}
+    assert rows["dpo"]["harm_rate"] == pytest.approx(0.25) and rows["base"]["harm_rate"] is None
+    line = next(l for l in render_markdown(rep).splitlines() if l.startswith("| dpo |"))
+    assert "25.0%" in line
+    assert "| base |" in render_markdown(rep) and "Harm rate" in render_markdown(rep)
+
+
+def test_report_aggregates_training_seeds():
+    """Several seeds: metric = mean over seeds ± sample std; the paired tests and the harm rate run on the
+    per-query scores averaged over the seeds; report.json keeps every seed's numbers."""
+    from dpo_retrieval.experiment.stats import compare_paired, harm_rate
+
+    rng = np.random.default_rng(3)
+    qids = [f"q{i}" for i in range(30)]
+    base = dict(zip(qids, rng.uniform(0.2, 0.8, 30).tolist()))
+    seeds = {s: {q: float(np.clip(v + 0.02 * s + rng.normal(0, 0.1), 0, 1)) for q, v in base.items()}
+             for s in (1, 2, 3)}
+    other = {q: float(np.clip(v + rng.normal(0, 0.1), 0, 1)) for q, v in base.items()}
+    res = {"dataset_runs": {"toy": {"models": {
+        "base": _entry(base), "dpo": {"seeds": {s: _entry(v, 10.0 + s) for s, v in seeds.items()}},
+        "contrastive": _entry(other, 7.0)}}}}
+    rep = build_report(res, seed=0, n_resamples=500)
+    rows = {r["model"]: r for r in rep["datasets"]["toy"]["rows"]}
+    per_seed = [float(np.mean(list(v.values()))) for v in seeds.values()]
+    dpo = rows["dpo"]
+    assert dpo["NDCG@10"] == pytest.approx(np.mean(per_seed))
+    assert dpo["std"]["NDCG@10"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert dpo["seeds"] == [1, 2, 3] and dpo["train_time_s"] == pytest.approx(12.0)
+    assert [dpo["per_seed"][str(s)]["NDCG@10"] for s in (1, 2, 3)] == pytest.approx(per_seed)
+    assert rows["base"]["std"]["NDCG@10"] is None and rows["contrastive"]["seeds"] == []
+    averaged = {q: float(np.mean([seeds[s][q] for s in seeds])) for q in qids}
+    assert dpo["harm_rate"] == pytest.approx(harm_rate(averaged, base))
+    comp = next(c for c in rep["datasets"]["toy"]["comparisons"] if (c["a"], c["b"]) == ("dpo", "base"))
+    expected = compare_paired(averaged, base, seed=0, n_resamples=500)
+    for key in ("diff", "ci_low", "ci_high", "p_ttest", "p_randomization"):
+        assert comp[key] == pytest.approx(expected[key]), key
+    assert comp["per_seed_diff"] == pytest.approx({str(s): v - np.mean(list(base.values()))
+                                                   for s, v in zip((1, 2, 3), per_seed)})
+    json.dumps(rep, allow_nan=False)
+    md = render_markdown(rep)
+    line = next(l for l in md.splitlines() if l.startswith("| dpo |"))
+    assert f"{np.mean(per_seed):.4f} ± {np.std(per_seed, ddof=1):.4f}" in line
+    assert "training seeds 1, 2, 3" in md and "| Model | seed 1 | seed 2 | seed 3 |" in md
+    # one seed: no ± anywhere, no per-seed table
+    single = render_markdown(build_report(make_results(datasets=("scifact",)), n_resamples=200))
+    assert "±" not in single.split("## Legend")[0] and "per training seed" not in single
+
+
+def test_forest_plot_written(tmp_path):
+    from dpo_retrieval.experiment.plots import _plot_forest
+
+    res = make_results()
+    rep = build_report(res, n_resamples=200)
+    path = _plot_forest(rep, tmp_path / "forest.png")
+    _assert_png(path)
+    assert _plot_forest({"datasets": {"x": {"comparisons": []}}}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()

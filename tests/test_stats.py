@@ -195,3 +195,45 @@ def test_holm_matches_the_step_down_definition():
     assert holm([None, 0.01]) == [None, pytest.approx(0.01)]
     with pytest.raises(ValueError):
         holm([1.5])
+
+
+# ---------------------------------------------------------------------------- harm rate and seeds
+def test_harm_rate_counts_queries_below_base_by_more_than_the_margin():
+    from dpo_retrieval.experiment.stats import harm_rate
+
+    base = {"q1": 0.50, "q2": 0.50, "q3": 0.50, "q4": 0.50, "q5": 0.9, "only_base": 1.0}
+    model = {"q1": 0.40,   # 0.10 below: harmed
+             "q2": 0.46,   # 0.04 below: within the margin
+             "q3": 0.60,   # better
+             "q4": 0.449,  # 0.051 below: harmed
+             "q5": 0.85,   # 0.05 below (up to rounding, not more): not harmed
+             "only_model": 0.0}
+    assert harm_rate(model, base) == pytest.approx(2 / 5)
+    assert harm_rate(model, base, margin=0.0) == pytest.approx(4 / 5)
+    assert harm_rate(base, base) == 0.0
+    with pytest.raises(ValueError, match="no common queries"):
+        harm_rate({"a": 1.0}, {"b": 1.0})
+
+
+def test_mean_std_over_seeds():
+    from dpo_retrieval.experiment.stats import mean_std
+
+    mean, std = mean_std([0.30, 0.32, 0.37])
+    assert mean == pytest.approx(0.33) and std == pytest.approx(float(np.std([0.30, 0.32, 0.37], ddof=1)))
+    assert mean_std([0.4]) == (pytest.approx(0.4), None)  # one seed: no std
+    assert mean_std([None, 0.2, float("nan"), 0.4]) == (pytest.approx(0.3), pytest.approx(math.sqrt(0.02)))
+    assert mean_std([]) == (None, None)
+
+
+def test_average_per_query_over_seeds():
+    from dpo_retrieval.experiment.stats import average_per_query
+
+    seed1 = {"q1": 0.2, "q2": 1.0, "q3": 0.0}
+    seed2 = {"q2": 0.5, "q1": 0.4, "q3": 0.3, "extra": 1.0}
+    avg = average_per_query([seed1, seed2])
+    assert avg == {"q1": pytest.approx(0.3), "q2": pytest.approx(0.75), "q3": pytest.approx(0.15)}
+    assert average_per_query([seed1]) == seed1
+    with pytest.raises(ValueError):
+        average_per_query([])
+    with pytest.raises(ValueError):
+        average_per_query([{"a": 1.0}, {"b": 1.0}])

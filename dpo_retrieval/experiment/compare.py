@@ -61,6 +61,8 @@ class CompareConfig:
     lr: float | None = field(default=None, metadata={"help": "learning rate"})
     warmup: float = field(default=0.1, metadata={"help": "warm-up ratio (< 1) or steps"})
     seed: int = field(default=42, metadata={"help": "seed for mining, subsampling and training"})
+    seeds: tuple[int, ...] = field(default=(), metadata={"help": "training seeds, each loss trained once per seed "
+                                                                 "(default: just --seed; mining uses --seed)"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, mps or auto"})
     precision: str = field(default="auto", metadata={"help": "auto, fp32, bf16 or fp16 (training and encoding)"})
     eval_batch_size: int = field(default=64, metadata={"help": "encoding batch size"})
@@ -174,6 +176,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     from dpo_retrieval.training import train
 
     cfg, precision = check_options(cfg)
+    seeds = training_seeds(cfg)
     run = Path(cfg.output)
     started = time.perf_counter()
     # Load every dataset first: a bad name or file fails before anything is written.
@@ -181,7 +184,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     test_sets = [load_beir(cfg.dataset, "test")] + [load_beir(d, "test") for d in cfg.eval_datasets]
     base_path = resolve_model_path(cfg.model)
     run.mkdir(parents=True, exist_ok=True)
-    write_json(dataclasses.asdict(cfg), run / "config.json", default=str)
+    write_json({**dataclasses.asdict(cfg), "seeds": list(seeds)}, run / "config.json", default=str)
     digests: dict[str, str] = {}
 
     def docs_digest(ds) -> str:
@@ -229,32 +232,35 @@ def run_compare(cfg: CompareConfig) -> dict:
         save_triplets(triplets, train_file)
         data_stage.finish(rows=len(triplets))
 
-    # 3. train --------------------------------------------------------------------------------
+    # 3. train: each loss once per training seed ------------------------------------------------
     train_times: dict[str, float] = {}
     model_dirs = {"base": base_path}
     model_stages = {"base": base_id}
     for loss in cfg.losses:
-        out = run / "models" / loss
-        inputs, dpo, targs = _train_config(cfg, loss, out, train_file)
-        settings = {**{k: v for k, v in dataclasses.asdict(inputs).items() if k not in ("triplets", "model")},
-                    **{k: v for k, v in dataclasses.asdict(dpo).items() if loss == "dpo" or k not in DPO_ONLY},
-                    **{k: getattr(targs, k) for k in TRAINING_KEY}}
-        # the training texts are the data stage's (its hash covers the mined triplets' key)
-        key = {"encoding": encoding_key(base_id, precision, data_stage.hash), "train": settings}
-        stage = Stage(run / "models" / f"{loss}.stage.json", key)
-        model_stages[loss] = stage.hash
-        model_dirs[loss] = str(out)
-        if stage.done():
-            logger.info("[train %s] up to date, skipped", loss)
-        else:
-            resume = stage.started_same() and (out / "checkpoints").is_dir()
-            if out.exists() and not resume:
-                shutil.rmtree(out)
-            stage.start()
-            train(dataclasses.replace(inputs, resume=resume), targs, dpo)
-            summary = json.loads((out / "train_summary.json").read_text())
-            stage.finish(train_seconds=summary["train_seconds"], steps=summary["steps"])
-        train_times[loss] = stage.info().get("train_seconds")
+        for train_seed in seeds:
+            name = seed_model_name(loss, train_seed, cfg.seed)
+            out = run / "models" / name
+            inputs, dpo, targs = _train_config(cfg, loss, out, train_file)
+            targs.seed = train_seed  # the trainer's shuffling, dropout and init; mining keeps cfg.seed
+            settings = {**{k: v for k, v in dataclasses.asdict(inputs).items() if k not in ("triplets", "model")},
+                        **{k: v for k, v in dataclasses.asdict(dpo).items() if loss == "dpo" or k not in DPO_ONLY},
+                        **{k: getattr(targs, k) for k in TRAINING_KEY}}
+            # the training texts are the data stage's (its hash covers the mined triplets' key)
+            key = {"encoding": encoding_key(base_id, precision, data_stage.hash), "train": settings}
+            stage = Stage(run / "models" / f"{name}.stage.json", key)
+            model_stages[name] = stage.hash
+            model_dirs[name] = str(out)
+            if stage.done():
+                logger.info("[train %s] up to date, skipped", name)
+            else:
+                resume = stage.started_same() and (out / "checkpoints").is_dir()
+                if out.exists() and not resume:
+                    shutil.rmtree(out)
+                stage.start()
+                train(dataclasses.replace(inputs, resume=resume), targs, dpo)
+                summary = json.loads((out / "train_summary.json").read_text())
+                stage.finish(train_seconds=summary["train_seconds"], steps=summary["steps"])
+            train_times[name] = stage.info().get("train_seconds")
 
     # 4. evaluate -------------------------------------------------------------------------------
     dev_qids = _read_qids(mine_dir / "dev_qrels.tsv")
@@ -288,12 +294,36 @@ def run_compare(cfg: CompareConfig) -> dict:
                 result = json.loads(path.read_text())
             dataset_runs[ds_name]["models"][name] = _to_report_entry(result, train_times.get(name))
         del loaded
+    for ds_run in dataset_runs.values():  # one report model per loss, its seeds inside (averaged over)
+        per_name = ds_run["models"]
+        ds_run["models"] = {"base": per_name["base"], **{
+            loss: {"seeds": {k: per_name[seed_model_name(loss, k, cfg.seed)] for k in seeds}} for loss in cfg.losses}}
 
     # 5. report -------------------------------------------------------------------------------
-    logs = {loss: _read_log(run / "models" / loss / "train_log.jsonl") for loss in cfg.losses}
+    logs = {name: _read_log(run / "models" / name / "train_log.jsonl") for name in model_dirs if name != "base"}
     results = {"dataset_runs": dataset_runs, "training_logs": logs,
-               "config": {**dataclasses.asdict(cfg), "wall_time_s": round(time.perf_counter() - started, 1)}}
+               "config": {**dataclasses.asdict(cfg), "seeds": list(seeds),
+                          "wall_time_s": round(time.perf_counter() - started, 1)}}
     return write_report(results, run, seed=cfg.seed)
+
+
+def training_seeds(cfg: CompareConfig) -> tuple[int, ...]:
+    """The training seeds: ``cfg.seeds``, or ``(cfg.seed,)`` when empty (raises UserInputError on a
+    non-integer or repeated seed). Mining, the dev split and the triplet subsample always use ``cfg.seed``."""
+    seeds = tuple(cfg.seeds) or (cfg.seed,)
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int)]
+    if bad:
+        raise UserInputError(f"--seeds: integers only, got {bad[0]!r}")
+    if len(set(seeds)) < len(seeds):
+        raise UserInputError(f"--seeds: each seed once, got {','.join(map(str, seeds))}")
+    return seeds
+
+
+def seed_model_name(loss: str, seed: int, main_seed: int) -> str:
+    """A trained model's name under models/, eval/ and embeddings/: ``<loss>`` for the run's own ``--seed``
+    (so a single-seed run's directories and stage hashes are those of before ``--seeds`` existed, and
+    a multi-seed run that includes ``--seed`` reuses them), ``<loss>-seed<k>`` for every other seed."""
+    return loss if seed == main_seed else f"{loss}-seed{seed}"
 
 
 def _read_qids(path: Path) -> list[str]:

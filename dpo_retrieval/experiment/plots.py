@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from dpo_retrieval._io import atomic_path
-from dpo_retrieval.experiment.report import (MARGIN_KEY, METRIC_LABELS, METRICS, _dataset_runs, _number,
-                                             _per_query, _safe_name)
+from dpo_retrieval.experiment.report import (MARGIN_KEY, METRIC_LABELS, METRICS, _number, _per_query, _safe_name,
+                                             collapsed_models)
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,46 @@ def _plot_per_query_diff(ds_name: str, a: Mapping, b: Mapping, names: tuple[str,
     return _save_figure(fig, path)
 
 
+def _plot_forest(report: Mapping[str, Any], path: Path) -> Path | None:
+    """Every paired difference A − B as a point with its CI as whiskers, around a zero line: one row per
+    dataset and pair, one panel per metric; a filled marker when Holm's p is below 0.05."""
+    found = {}
+    for ds_name, ds in (report.get("datasets") or {}).items():
+        for c in ds.get("comparisons") or []:
+            if None not in (_number(c.get("diff")), _number(c.get("ci_low")), _number(c.get("ci_high"))):
+                found[(ds_name, f"{c['a']} − {c['b']}", c["metric"])] = c
+    if not found:
+        return None
+    labels = list(dict.fromkeys((ds, pair) for ds, pair, _ in found))
+    metrics = [m for m in METRICS if any(k[2] == m for k in found)]
+    datasets = list(dict.fromkeys(ds for ds, _ in labels))
+    colors = {ds: f"C{i % 10}" for i, ds in enumerate(datasets)}
+    fig, axes = _new_figure(2.0 + 3.0 * len(metrics), 1.4 + 0.32 * len(labels), 1, len(metrics))
+    pct = round(100 * float(report.get("confidence") or 0.95))
+    for col, m in enumerate(metrics):
+        ax = axes[0][col]
+        for i, (ds, pair) in enumerate(labels):
+            c = found.get((ds, pair, m))
+            if c is None:
+                continue
+            y = len(labels) - 1 - i
+            sig = _number(c.get("p_holm")) is not None and c["p_holm"] < 0.05
+            ax.errorbar([c["diff"]], [y], xerr=[[c["diff"] - c["ci_low"]], [c["ci_high"] - c["diff"]]], fmt="o",
+                        color=colors[ds], mfc=colors[ds] if sig else "white", capsize=3, markersize=5)
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        for k in range(1, len(labels)):  # a rule between datasets
+            if labels[k][0] != labels[k - 1][0]:
+                ax.axhline(len(labels) - k - 0.5, color="grey", linewidth=0.5, alpha=0.6)
+        ax.set_ylim(-0.7, len(labels) - 0.3)
+        ax.set_yticks(range(len(labels)))
+        ax.set_yticklabels([f"{ds}: {pair}" for ds, pair in reversed(labels)] if col == 0 else [])
+        ax.set_title(METRIC_LABELS[m])
+        ax.set_xlabel(f"A − B, {pct}% bootstrap CI")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("Paired differences (filled: Holm-corrected p < 0.05)", fontsize="medium")
+    return _save_figure(fig, path)
+
+
 def _plot_training(logs: Mapping[str, Any], path: Path) -> Path | None:
     series = {}
     for loss, log in logs.items():
@@ -118,19 +158,20 @@ def write_plots(results: Mapping[str, Any], report: Mapping[str, Any], out_dir) 
     """Write the PNGs into ``out_dir`` and return their paths:
 
     * ``metrics_<dataset>.png`` - each model's four metrics as bars with the report's CI;
+    * ``forest.png`` - every paired difference of the report with its CI, around zero;
     * ``per_query_diff_<dataset>.png`` - per-query nDCG@10 of dpo − contrastive, sorted (only when
       both models have per-query nDCG@10 on that dataset);
     * ``training_curves.png`` - training loss and DPO reward margin against step (when logged).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = _dataset_runs(results)
+    runs = collapsed_models(results)  # several training seeds: per-query scores averaged over them
     written: list[Path] = []
     for ds_name, ds in (report.get("datasets") or {}).items():
         safe = _safe_name(ds_name)
         written.append(_plot_metrics(ds_name, ds, out_dir / f"metrics_{safe}.png",
                                      float(report.get("confidence") or 0.95)))
-        models = (runs.get(ds_name) or {}).get("models") or {}
+        models = runs.get(ds_name) or {}
         if "dpo" in models and "contrastive" in models:
             a, b = _per_query(models["dpo"], "NDCG@10"), _per_query(models["contrastive"], "NDCG@10")
             if a is not None and b is not None:
@@ -138,6 +179,9 @@ def write_plots(results: Mapping[str, Any], report: Mapping[str, Any], out_dir) 
                                          out_dir / f"per_query_diff_{safe}.png")
                 if p is not None:
                     written.append(p)
+    p = _plot_forest(report, out_dir / "forest.png")
+    if p is not None:
+        written.append(p)
     p = _plot_training(results.get("training_logs") or {}, out_dir / "training_curves.png")
     if p is not None:
         written.append(p)

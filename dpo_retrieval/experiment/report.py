@@ -8,16 +8,20 @@ Input (built by the compare command)::
                 "<model>": {"metrics": {"NDCG@10": .., "Recall@100": .., "MAP@100": .., "MRR@10": ..},
                             "per_query": {"NDCG@10": {qid: v}, ...},
                             "train_time_s": float | None, "eval_time_s": float | None},
+                # or, for a model trained with several seeds, one such entry per training seed:
+                "<model>": {"seeds": {1: {...}, 2: {...}}},
                 ...}},
             ...},
         "training_logs": {"<loss>": [{"step": 10, "loss": .., "rewards/margins": ..}, ...], ...},
         "config": {...},
     }
 
+* :func:`collapse_seeds` - a model's seeds folded into one entry (mean metrics, per-query means, std).
 * :func:`build_report` - the report.json content (tables, paired comparisons via
   :func:`dpo_retrieval.experiment.stats.compare_paired`, training summary, config); JSON-safe.
-* :func:`render_markdown` - report.md from that content.
-* :func:`write_plots` - metric bars with CIs, per-query nDCG@10 differences, training curves.
+* :func:`~dpo_retrieval.experiment.tables.render_markdown` - report.md from that content.
+* :func:`~dpo_retrieval.experiment.plots.write_plots` - metric bars, a forest plot of the paired
+  differences, per-query nDCG@10 differences, training curves.
 * :func:`write_report` - all of the above into a folder, each file written atomically.
 """
 
@@ -35,18 +39,18 @@ from typing import Any
 import numpy as np
 
 from dpo_retrieval._io import write_text
-from dpo_retrieval.experiment.stats import bootstrap_ci, compare_paired, holm
+from dpo_retrieval.experiment.stats import (HARM_MARGIN, average_per_query, bootstrap_ci, compare_paired, harm_rate,
+                                            holm, mean_std)
+from dpo_retrieval.experiment.tables import (BASELINE, MARGIN_KEY, METRIC_LABELS, METRICS, MISSING,  # noqa: F401
+                                             _number, fmt_diff, fmt_metric, fmt_p, fmt_pct, fmt_time,
+                                             render_markdown)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METRICS", "build_report", "render_markdown", "write_plots", "write_report"]
+__all__ = ["METRICS", "build_report", "collapse_seeds", "render_markdown", "write_report"]
 
-METRICS = ("NDCG@10", "Recall@100", "MAP@100", "MRR@10")  # BEIR's names, as in the results
-METRIC_LABELS = {"NDCG@10": "nDCG@10", "Recall@100": "Recall@100", "MAP@100": "MAP@100", "MRR@10": "MRR@10"}
-BASELINE = "base"
-SCHEMA_VERSION = 1
-MISSING = "—"
-MARGIN_KEY = "rewards/margins"
+SCHEMA_VERSION = 2  # 2: Holm over all comparisons of a dataset; seeds (std, per_seed), harm_rate
+HOLM_FAMILY = "all comparisons of one dataset's table (every pair of models and every metric), t-test p-values"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,51 +75,6 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def fmt_metric(value: Any) -> str:
-    """A metric value to 4 decimals (``—`` when missing)."""
-    v = _number(value)
-    return MISSING if v is None else f"{v:.4f}"
-
-
-def fmt_diff(value: Any) -> str:
-    """A signed difference to 4 decimals, with a real minus sign."""
-    v = _number(value)
-    if v is None:
-        return MISSING
-    text = f"{v:+.4f}"
-    return text.replace("-", "−")
-
-
-def fmt_p(value: Any) -> str:
-    """A p-value to 3 significant figures."""
-    v = _number(value)
-    if v is None:
-        return MISSING
-    return f"{v:#.3g}" if v >= 1e-4 or v == 0 else f"{v:.2e}"
-
-
-def fmt_time(seconds: Any) -> str:
-    """Seconds as ``12.3 s`` below a minute, else ``4.5 min``."""
-    v = _number(seconds)
-    if v is None:
-        return MISSING
-    return f"{v:.1f} s" if v < 60 else f"{v / 60:.1f} min"
-
-
-def _md_cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "dataset"
 
@@ -137,23 +96,73 @@ def _dataset_runs(results: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
+# training seeds
+def _metric(model: Mapping[str, Any], metric: str) -> float | None:
+    value = _number((model.get("metrics") or {}).get(metric))
+    pq = _per_query(model, metric)
+    if value is None and pq is not None:  # no aggregate given: the mean over queries is the same thing
+        value = mean_std(pq.values())[0]
+    return value
+
+
+def collapse_seeds(model: Mapping[str, Any]) -> dict[str, Any]:
+    """One model entry from ``{"seeds": {seed: entry}}``: each metric the mean over the seeds (``std``: the
+    sample std, None with one seed), each per-query score the mean over the seeds (the input of every
+    paired test), train and eval time the mean, and ``per_seed``: ``{seed: {metric: value, "train_time_s"}}``.
+    An entry without seeds comes back as it is."""
+    seeds = model.get("seeds")
+    if not isinstance(seeds, Mapping) or not seeds:
+        return dict(model)
+    entries = list(seeds.values())
+    out: dict[str, Any] = {"metrics": {}, "per_query": {}, "std": {}, "seeds": list(seeds),
+                           "per_seed": {s: {**{m: _metric(e, m) for m in METRICS},
+                                            "train_time_s": _number(e.get("train_time_s"))}
+                                        for s, e in seeds.items()}}
+    for m in METRICS:
+        mean, std = mean_std(_metric(e, m) for e in entries)
+        if mean is not None:
+            out["metrics"][m], out["std"][m] = mean, std
+        pqs = [_per_query(e, m) for e in entries]
+        if all(pq is not None for pq in pqs):
+            try:
+                out["per_query"][m] = average_per_query(pqs)
+            except ValueError as err:
+                logger.warning("per-query %s not averaged over seeds: %s", m, err)
+    for key in ("train_time_s", "eval_time_s"):
+        out[key] = mean_std(_number(e.get(key)) for e in entries)[0]
+    return out
+
+
+def collapsed_models(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{dataset: {model: entry}}`` with every multi-seed entry collapsed by :func:`collapse_seeds`."""
+    return {str(ds): {str(name): collapse_seeds(entry) for name, entry in ((run or {}).get("models") or {}).items()}
+            for ds, run in _dataset_runs(results).items()}
+
+
+# ----------------------------------------------------------------------------------------------
 # report.json
-def _row(name: str, model: Mapping[str, Any], *, seed: int, n_resamples: int,
+def _row(name: str, model: Mapping[str, Any], base: Mapping[str, Any] | None, *, seed: int, n_resamples: int,
          confidence: float) -> dict[str, Any]:
-    metrics = model.get("metrics") or {}
     row: dict[str, Any] = {"model": name}
     ci: dict[str, Any] = {}
     n_queries = 0
     for m in METRICS:
         pq = _per_query(model, m)
-        value = _number(metrics.get(m))
         if pq is not None:
             boot = bootstrap_ci(pq, n_resamples=n_resamples, confidence=confidence, seed=seed)
             ci[m] = {"low": boot["low"], "high": boot["high"]}
             n_queries = max(n_queries, len(pq))
-            if value is None:  # no aggregate given: the mean over queries is the same thing
-                value = boot["mean"]
-        row[m] = value
+        row[m] = _metric(model, m)
+    row["std"] = {m: (model.get("std") or {}).get(m) for m in METRICS}
+    row["seeds"] = list(model.get("seeds") or [])
+    row["per_seed"] = model.get("per_seed") or {}
+    pq, pq_base = _per_query(model, "NDCG@10"), None if base is None else _per_query(base, "NDCG@10")
+    row["harm_rate"] = None
+    if name != BASELINE and pq is not None and pq_base is not None:
+        try:
+            row["harm_rate"] = harm_rate(pq, pq_base)
+        except ValueError as err:
+            logger.warning("%s: no harm rate: %s", name, err)
     row["train_time_s"] = _number(model.get("train_time_s"))
     row["eval_time_s"] = _number(model.get("eval_time_s"))
     row["n_queries"] = n_queries
@@ -168,26 +177,37 @@ def _pairs(order: list[str]) -> list[tuple[str, str]]:
     return pairs + list(combinations(others, 2))
 
 
+def _per_seed_diff(a: Mapping[str, Any], b: Mapping[str, Any], metric: str) -> dict:
+    """A's metric on each of its seeds minus B's (B's same seed when B has seeds, else B's value)."""
+    out = {}
+    for s, values in (a.get("per_seed") or {}).items():
+        other = ((b.get("per_seed") or {}).get(s) or {}).get(metric) if b.get("per_seed") else _metric(b, metric)
+        if values.get(metric) is not None and other is not None:
+            out[s] = values[metric] - other
+    return out
+
+
 def build_report(results: Mapping[str, Any], *, seed: int = 0, n_resamples: int = 10000,
                  confidence: float = 0.95) -> dict[str, Any]:
     """The report.json content for ``results`` (see the module docstring for its shape).
 
-    Per dataset: ``models`` (order: base first), ``rows`` (one per model: the four metrics,
-    ``train_time_s``, ``eval_time_s``, ``n_queries`` and ``ci`` - a bootstrap CI of each metric's
-    mean), and ``comparisons`` - for each model vs base and each pair of the other models, for
-    each metric with per-query values on both sides, ``{"a", "b", "metric"}`` plus the fields of
-    :func:`~dpo_retrieval.experiment.stats.compare_paired` (``diff`` is A - B). Also ``training`` (a summary
-    of each training log) and ``config``. Deterministic for a seed; NaN/inf become null.
+    Per dataset: ``models`` (order: base first), ``rows`` (one per model: the four metrics - the mean
+    over training seeds -, ``std`` (sample std over seeds, null with one), ``seeds`` and ``per_seed``
+    (each seed's metrics and train time), ``harm_rate`` (share of queries with nDCG@10 below the base's
+    by more than 0.05), ``train_time_s``, ``eval_time_s``, ``n_queries`` and ``ci`` - a bootstrap CI of
+    each metric's mean), and ``comparisons`` - for each model vs base and each pair of the other models,
+    for each metric with per-query values on both sides (averaged over seeds), ``{"a", "b", "metric"}``
+    plus the fields of :func:`~dpo_retrieval.experiment.stats.compare_paired` (``diff`` is A - B),
+    ``per_seed_diff`` and ``p_holm`` (Holm over all comparisons of the dataset). Also ``training`` (a
+    summary of each training log) and ``config``. Deterministic for a seed; NaN/inf become null.
     """
-    runs = _dataset_runs(results)
     datasets: dict[str, Any] = {}
-    for ds_name, run in runs.items():
-        models = (run or {}).get("models") or {}
+    for ds_name, models in collapsed_models(results).items():
         if not models:
             logger.warning("dataset %s has no models; left out of the report", ds_name)
             continue
         order = _model_order(models)
-        rows = [_row(m, models[m], seed=seed, n_resamples=n_resamples, confidence=confidence)
+        rows = [_row(m, models[m], models.get(BASELINE), seed=seed, n_resamples=n_resamples, confidence=confidence)
                 for m in order]
         comparisons = []
         for a, b in _pairs(order):
@@ -203,13 +223,12 @@ def build_report(results: Mapping[str, Any], *, seed: int = 0, n_resamples: int 
                 except ValueError as err:
                     logger.warning("%s: %s vs %s on %s not compared: %s", ds_name, a, b, metric, err)
                     continue
-                comparisons.append({"a": a, "b": b, "metric": metric, **stats})
-        # Holm over the comparisons of one metric on one dataset (the rows of one table), t-test p-values.
-        for metric in METRICS:
-            family = [c for c in comparisons if c["metric"] == metric]
-            for c, adjusted in zip(family, holm([c.get("p_ttest") for c in family])):
-                c["p_holm"] = adjusted
-        datasets[str(ds_name)] = {"models": order, "rows": rows, "comparisons": comparisons}
+                comparisons.append({"a": a, "b": b, "metric": metric, **stats,
+                                    "per_seed_diff": _per_seed_diff(models[a], models[b], metric)})
+        # Holm over every comparison of the dataset's table (all pairs, all metrics), t-test p-values.
+        for c, adjusted in zip(comparisons, holm([c.get("p_ttest") for c in comparisons])):
+            c["p_holm"] = adjusted
+        datasets[ds_name] = {"models": order, "rows": rows, "comparisons": comparisons}
 
     training = {}
     for loss, log in (results.get("training_logs") or {}).items():
@@ -230,86 +249,13 @@ def build_report(results: Mapping[str, Any], *, seed: int = 0, n_resamples: int 
         "seed": seed,
         "n_resamples": n_resamples,
         "confidence": confidence,
+        "holm_family": HOLM_FAMILY,
+        "harm_margin": HARM_MARGIN,
         "datasets": datasets,
         "training": training,
         "config": results.get("config") or {},
     }
     return _jsonable(report)
-
-
-# ----------------------------------------------------------------------------------------------
-# report.md
-def _table(header: list[str], align: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |",
-             "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
-    lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
-    return lines
-
-
-def render_markdown(report: Mapping[str, Any]) -> str:
-    """report.md: per dataset a table of the models and a table of paired differences; then the
-    training summary, a legend and the config."""
-    pct = round(100 * float(report.get("confidence", 0.95)))
-    n_res = report.get("n_resamples", 10000)
-    datasets = report.get("datasets") or {}
-    out = ["# Retrieval comparison: DPO vs contrastive fine-tuning", ""]
-    names = list(dict.fromkeys(m for d in datasets.values() for m in d.get("models", [])))
-    out += [f"Datasets: {', '.join(datasets) or MISSING}. Models: {', '.join(names) or MISSING}.", ""]
-
-    for ds_name, ds in datasets.items():
-        n_q = max([r.get("n_queries") or 0 for r in ds.get("rows", [])], default=0)
-        out += [f"## {ds_name}" + (f" ({n_q} queries)" if n_q else ""), ""]
-        header = ["Model"] + [METRIC_LABELS[m] for m in METRICS] + ["Train time", "Eval time"]
-        rows = [[r["model"]] + [fmt_metric(r.get(m)) for m in METRICS]
-                + [fmt_time(r.get("train_time_s")), fmt_time(r.get("eval_time_s"))]
-                for r in ds.get("rows", [])]
-        out += _table(header, ["l"] + ["r"] * (len(header) - 1), rows) + [""]
-
-        comps = ds.get("comparisons") or []
-        if comps:
-            out += [f"Paired differences A − B over queries, with {pct}% CI:", ""]
-            header = ["A − B", "Metric", "A", "B", "Diff", f"{pct}% CI", "p (t-test)",
-                      "p (Holm)", "p (randomization)", "Queries"]
-            rows = [[f"{c['a']} − {c['b']}", METRIC_LABELS.get(c["metric"], c["metric"]),
-                     fmt_metric(c.get("mean_a")), fmt_metric(c.get("mean_b")), fmt_diff(c.get("diff")),
-                     f"[{fmt_diff(c.get('ci_low'))}, {fmt_diff(c.get('ci_high'))}]",
-                     fmt_p(c.get("p_ttest")), fmt_p(c.get("p_holm")), fmt_p(c.get("p_randomization")),
-                     str(c.get("n_queries"))]
-                    for c in comps]
-            out += _table(header, ["l", "l"] + ["r"] * 8, rows) + [""]
-
-    training = report.get("training") or {}
-    if training:
-        out += ["## Training", ""]
-        rows = [[loss, str(t.get("n_logged", 0)), str(t.get("last_step") if t.get("last_step") is not None
-                                                      else MISSING),
-                 fmt_metric(t.get("final_loss")), fmt_metric(t.get("final_reward_margin"))]
-                for loss, t in training.items()]
-        out += _table(["Loss", "Log entries", "Last step", "Final loss", "Final reward margin"],
-                      ["l", "r", "r", "r", "r"], rows) + [""]
-
-    out += [
-        "## Legend", "",
-        "- Metrics are BEIR's (pytrec_eval) means over the test queries: nDCG@10, Recall@100, "
-        "MAP@100, MRR@10. Times: training and evaluation wall-clock (— = not applicable).",
-        "- A − B: the mean over the queries both models were evaluated on of A's score minus B's; "
-        "`base` is the model before fine-tuning.",
-        f"- {pct}% CI: percentile bootstrap of the mean paired difference ({n_res} resamples of queries).",
-        "- p (t-test): two-sided paired t-test over queries (t = 0, p = 1 when all differences are equal).",
-        f"- p (randomization): two-sided paired randomization test — each query's difference gets a "
-        f"random sign, {n_res} times; p = share with |mean| at least the observed one, counting the "
-        f"observed (smallest possible p is 1/{n_res + 1 if isinstance(n_res, int) else 'n+1'}); exact "
-        "over all sign patterns when there are few queries.",
-        "- p (Holm): the t-test p-value after Holm's step-down correction over the comparisons of the "
-        "same metric on the same dataset (the family-wise error rate); call a difference significant "
-        "only when this is below 0.05. The other p-values are uncorrected.",
-        "",
-        "## Config", "",
-        "```json",
-        json.dumps(report.get("config") or {}, indent=2, sort_keys=True, default=str),
-        "```", "",
-    ]
-    return "\n".join(out)
 
 
 def write_report(results: Mapping[str, Any], out_dir, *, seed: int = 0,

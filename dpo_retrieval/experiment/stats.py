@@ -10,6 +10,8 @@ Python floats/ints (JSON-serialisable) and, for the resampling tests, determinis
 * :func:`bootstrap_ci` - percentile bootstrap CI of a mean (or of the mean paired difference).
 * :func:`compare_paired` - all of the above for one pair of systems, as one flat dict.
 * :func:`holm` - Holm's step-down adjustment of a family of p-values (multiple comparisons).
+* :func:`harm_rate` - share of queries where a model falls below a baseline by more than a margin.
+* :func:`mean_std` / :func:`average_per_query` - aggregation over training seeds.
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["paired_ttest", "randomization_test", "bootstrap_ci", "compare_paired", "holm"]
+__all__ = ["paired_ttest", "randomization_test", "bootstrap_ci", "compare_paired", "holm", "harm_rate",
+           "mean_std", "average_per_query"]
+
+#: a query is "harmed" when the model's score is below the baseline's by more than this (nDCG@10)
+HARM_MARGIN = 0.05
 
 # Resampling works in chunks of about this many matrix cells, so memory stays bounded
 # (10,000 resamples x 7,000 queries would otherwise be a 560 MB matrix).
@@ -257,3 +263,38 @@ def holm(pvalues) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p))
         out[i] = running
     return out
+
+
+def harm_rate(a: Mapping[Any, float], base: Mapping[Any, float], *, margin: float = HARM_MARGIN) -> float:
+    """Share of the common queries where ``a`` is below ``base`` by more than ``margin``
+    (``base - a > margin``, a difference equal to the margin up to rounding is not counted); ValueError
+    when no query is shared."""
+    x, y = _align(a, base)
+    return float(np.mean((y - x) > margin + 1e-9))
+
+
+def mean_std(values) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1) of the finite ``values`` (e.g. one metric over
+    training seeds); the std is None with fewer than two values, both are None with none."""
+    x = np.asarray([float(v) for v in values if v is not None and math.isfinite(float(v))], dtype=np.float64)
+    if x.size == 0:
+        return None, None
+    return float(x.mean()), (float(x.std(ddof=1)) if x.size > 1 else None)
+
+
+def average_per_query(runs) -> dict:
+    """``{qid: mean score}`` over several ``{qid: score}`` dicts (one per training seed), on the qids
+    every dict holds (a warning when some are dropped); ValueError when none is shared."""
+    runs = list(runs)
+    if not runs:
+        raise ValueError("no runs to average")
+    for r in runs:
+        _check_mapping(r, "runs")
+    common = _sorted_qids(set(runs[0]).intersection(*runs[1:]))
+    if not common:
+        raise ValueError("no query is common to every run")
+    if any(len(r) > len(common) for r in runs):
+        logger.warning("averaging over seeds on the %d queries every seed has (up to %d in one)",
+                       len(common), max(len(r) for r in runs))
+    stacked = np.stack([_values(r, common, "runs") for r in runs])
+    return {q: float(v) for q, v in zip(common, stacked.mean(axis=0))}
