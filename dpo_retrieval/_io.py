@@ -83,12 +83,12 @@ class atomic_directory:
     def __enter__(self) -> Path:
         t = self.target
         if t.exists() and not t.is_dir():
-            raise UserInputError.at(t, None, "is a file; --output expects a directory")
+            raise UserInputError.at(t, None, "is a file, not a directory")
         if t.is_dir() and any(t.iterdir()):
             if not (t / self.marker).exists():
                 raise UserInputError.at(t, None, f"exists and is not an {self.what}; refusing to overwrite it")
             if not self.overwrite:
-                raise UserInputError.at(t, None, "exists; pass --overwrite to replace it")
+                raise UserInputError.at(t, None, "exists; set overwrite to replace it")
         try:
             t.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{t.name}.tmp-", dir=t.parent))

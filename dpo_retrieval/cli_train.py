@@ -1,6 +1,6 @@
 """``dpo-retrieval train``: its parser, generated from :class:`~dpo_retrieval.training.args.TrainArgs`,
 :class:`~dpo_retrieval.training.args.DPOArgs` and sentence-transformers' ``SentenceTransformerTrainingArguments``
-with ``transformers.HfArgumentParser``; config files (YAML/JSON) under the flags; the old flags as aliases.
+(:class:`~dpo_retrieval.cli_parser.ArgParser`); the triplets are checked before torch is imported.
 
 Nothing in the library imports this module.
 """
@@ -8,98 +8,27 @@ Nothing in the library imports this module.
 from __future__ import annotations
 
 import logging
-import re
-from pathlib import Path
 
 from dpo_retrieval.errors import UserInputError
 
 logger = logging.getLogger("dpo_retrieval")
-
-
-# ----------------------------------------------------------------------------------------------
-# train: generated from TrainArgs, DPOArgs and sentence-transformers' training arguments
-#: the flags README and older scripts use, kept as aliases of the fields they set
-TRAIN_ALIASES = {
-    "output_dir": "--output", "learning_rate": "--lr", "per_device_train_batch_size": "--batch-size",
-    "num_train_epochs": "--epochs", "warmup_steps": "--warmup", "gradient_accumulation_steps": "--gradient-accumulation",
-}
-_ARGPARSE_WORDING = ((re.compile(r"invalid int value: (.*)"), r"expected an integer, got \1"),
-                     (re.compile(r"invalid float value: (.*)"), r"expected a number, got \1"))
-
-
-def flag_name(dest: str) -> str:
-    """The flag the CLI shows for a field: its old alias (``--lr``) or the field's dashed spelling."""
-    return TRAIN_ALIASES.get(dest) or "--" + dest.replace("_", "-")
-
-
-def _add_train(sub) -> None:
-    # A placeholder: its arguments are parsed by train_parser(), which imports transformers only after
-    # the triplets are checked (so a bad file fails in a second, before torch loads).
-    sub.add_parser(
-        "train", add_help=False, help="fine-tune a dual encoder on a triplet file with DPO or a contrastive loss "
-                                      "(options: dpo-retrieval train --help; a .yaml/.json config file works too)")
+DESCRIPTION = ("Fine-tune a sentence-transformers dual encoder on (query, positive, negative) triplets with the DPO "
+               "loss or a contrastive baseline, and save it in sentence-transformers format. A first argument "
+               "ending in .yaml, .yml or .json is a config file of field: value pairs; flags override it. Every "
+               "field of sentence-transformers' SentenceTransformerTrainingArguments is an option.")
 
 
 def train_parser(config: dict | None = None, *, quiet: bool = False):
-    """``dpo-retrieval train``'s parser: ``transformers.HfArgumentParser`` over TrainArgs, DPOArgs and
-    ``SentenceTransformerTrainingArguments``, with this package's defaults, the old flags as aliases,
-    ``config`` (a config file's values) as defaults, and one-line errors."""
+    """``dpo-retrieval train``'s parser over TrainArgs, DPOArgs and ``SentenceTransformerTrainingArguments``,
+    with this package's defaults and ``config`` (a config file's values) as defaults."""
     from sentence_transformers import SentenceTransformerTrainingArguments
-    from transformers import HfArgumentParser
 
+    from dpo_retrieval.cli_parser import ArgParser
     from dpo_retrieval.training.args import TRAINING_DEFAULTS, DPOArgs, TrainArgs
 
-    class Parser(HfArgumentParser):
-        def error(self, message: str):
-            m = re.match(r"argument (\S+): (.*)", message, re.S)
-            if m:
-                flags = m.group(1).split("/")
-                flag = next((f for f in flags if f in TRAIN_ALIASES.values()), flags[-1])
-                problem = m.group(2)
-                for pattern, wording in _ARGPARSE_WORDING:
-                    problem = pattern.sub(wording, problem)
-                message = f"{flag}: {problem}"
-            self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-    parser = Parser((TrainArgs, DPOArgs, SentenceTransformerTrainingArguments), prog="dpo-retrieval train",
-                    description="Fine-tune a sentence-transformers dual encoder on (query, positive, negative) "
-                                "triplets with the DPO loss or a contrastive baseline, and save it in "
-                                "sentence-transformers format. A first argument ending in .yaml, .yml or .json is a "
-                                "config file of field: value pairs; flags override it. Every field of "
-                                "sentence-transformers' SentenceTransformerTrainingArguments is an option.")
-    for action in parser._actions:
-        alias = TRAIN_ALIASES.get(action.dest)
-        if alias and action.option_strings and alias not in parser._option_string_actions:
-            action.option_strings.append(alias)
-            parser._option_string_actions[alias] = action
-    defaults = {**TRAINING_DEFAULTS, "disable_tqdm": True if quiet else None, **(config or {})}
-    for action in parser._actions:
-        if action.dest in defaults:
-            action.default = defaults[action.dest]
-            action.required = False
-    return parser
-
-
-def _read_config(path: str) -> dict:
-    """A config file's ``{field: value}`` (YAML or JSON; the old flag names work as keys too)."""
-    import json
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserInputError.at(path, None, "no such config file")
-    try:
-        if p.suffix.lower() == ".json":
-            data = json.loads(p.read_text(encoding="utf-8"))
-        else:
-            import yaml
-
-            data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except Exception as err:  # yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError
-        raise UserInputError.at(path, None, f"cannot read the config: {str(err).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UserInputError.at(path, None, "expected a mapping of option: value")
-    by_alias = {alias.lstrip("-").replace("-", "_"): dest for dest, alias in TRAIN_ALIASES.items()}
-    return {by_alias.get(str(k).replace("-", "_"), str(k).replace("-", "_")): v for k, v in data.items()}
+    return ArgParser((TrainArgs, DPOArgs, SentenceTransformerTrainingArguments), prog="dpo-retrieval train",
+                     description=DESCRIPTION, config=config,
+                     defaults={**TRAINING_DEFAULTS, "disable_tqdm": True if quiet else None})
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:
@@ -112,11 +41,8 @@ def _flag_value(argv: list[str], name: str) -> str | None:
     return value
 
 
-def _run_train(args, argv: list[str]) -> None:
-
-    config = None
-    if argv and not argv[0].startswith("-") and Path(argv[0]).suffix.lower() in (".yaml", ".yml", ".json"):
-        config, argv = _read_config(argv[0]), argv[1:]
+def run_train(argv: list[str], config: dict | None, *, quiet: bool, dests: set) -> None:
+    """Check the triplets, parse (``dests`` gets the parser's fields, to name the flags of errors), train."""
     if not {"-h", "--help"} & set(argv):
         # Check every triplet before torch and sentence-transformers are imported (seconds) and the model is
         # loaded; train() loads the file again from the HF datasets cache this fills.
@@ -126,18 +52,18 @@ def _run_train(args, argv: list[str]) -> None:
 
             load_triplets(str(triplets), corpus=_flag_value(argv, "--corpus") or (config or {}).get("corpus"),
                           queries=_flag_value(argv, "--queries") or (config or {}).get("queries"))
-    parser = train_parser(config, quiet=args.quiet)
-    if config:
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise UserInputError(f"config: unknown option {', '.join(map(repr, unknown))}")
+    from dpo_retrieval.cli_parser import check_config_keys
+
+    parser = train_parser(config, quiet=quiet)
+    dests.update(parser.dests())
+    check_config_keys(parser)
+    namespace = parser.parse_args(argv)
     try:
-        cfg, dpo, targs = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
+        cfg, dpo, targs = parser.build(namespace)
     except ValueError as err:  # transformers' own checks of the training arguments: ours name the field
         from dpo_retrieval.training.args import check_training_arguments
 
-        check_training_arguments(parser.parse_known_args(argv)[0])
+        check_training_arguments(namespace)
         raise UserInputError(str(err).strip().splitlines()[0]) from None
     from dpo_retrieval.training import train
 

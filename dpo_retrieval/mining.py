@@ -17,13 +17,14 @@ import csv
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from dpo_retrieval._io import atomic_write_text, write_json
-from dpo_retrieval.errors import UserInputError
+from dpo_retrieval.errors import UserInputError, require
 
 logger = logging.getLogger(__name__)
 
@@ -31,33 +32,48 @@ SOURCES = ("dense", "bm25")
 
 
 @dataclass
-class MineConfig:
-    """How triplets are mined; every field is also a ``dpo-retrieval mine`` option."""
+class MineArgs:
+    """How triplets are mined (``mine``, and ``compare``'s mining stage, whose key holds these fields).
+    Checked when made; errors name the field (``negatives: must be > 0, got 0``)."""
 
-    negatives: int = 1          # hard negatives per (query, positive)
-    rank_min: int = 10          # skip the top rank_min hits (likely unjudged positives) ...
-    rank_max: int = 50          # ... and sample from the hits ranked rank_min+1 .. rank_max
-    source: str = "dense"       # dense (the base model + FAISS) or bm25 (bm25s)
-    sampling: str = "random"    # random within the window, or top (the highest-ranked first)
-    margin: float | None = None  # drop candidates scoring above (positive score - margin)
-    dev_fraction: float = 0.1   # share of the train queries held out as a dev split
-    seed: int = 42
+    negatives: int = field(default=1, metadata={"help": "hard negatives per (query, positive)"})
+    rank_min: int = field(default=10, metadata={
+        "help": "skip the base retriever's top rank_min hits (likely unjudged positives) ..."})
+    rank_max: int = field(default=50, metadata={
+        "help": "... and sample negatives from the hits ranked rank_min+1 .. rank_max, never a judged document"})
+    source: Literal["dense", "bm25"] = field(default="dense", metadata={
+        "help": "first-stage retriever for negatives: dense = the base model through FAISS, bm25 = bm25s"})
+    sampling: Literal["random", "top"] = field(default="random", metadata={
+        "help": "random = sample within the window (seeded), top = take the highest-ranked"})
+    margin: float | None = field(default=None, metadata={
+        "help": "false-negative filter: drop candidates scoring above (positive score - margin) (dense only)"})
+    dev_fraction: float = field(default=0.1, metadata={
+        "help": "share of the train queries held out as a dev split for choosing hyper-parameters; the test split "
+                "is only used for the final report"})
+    seed: int = field(default=42, metadata={"help": "seed for sampling and the dev split"})
 
-    def check(self) -> "MineConfig":
-        problems = [
-            (self.negatives >= 1, f"--negatives: must be >= 1, got {self.negatives}"),
-            (0 <= self.rank_min < self.rank_max, f"--rank-window: need 0 <= min < max, got {self.rank_min}-{self.rank_max}"),
+    def __post_init__(self) -> None:
+        window = f"{self.rank_min}-{self.rank_max}"
+        require([
+            (self.negatives > 0, f"negatives: must be > 0, got {self.negatives}"),
+            (0 <= self.rank_min < self.rank_max, f"rank_min: need 0 <= min < max in the rank window, got {window}"),
             (self.rank_max - self.rank_min >= self.negatives,
-             f"--rank-window: {self.rank_min}-{self.rank_max} holds fewer than --negatives {self.negatives} candidates"),
-            (self.source in SOURCES, f"--source: choose dense or bm25, got {self.source!r}"),
-            (self.sampling in ("random", "top"), f"--sampling: choose random or top, got {self.sampling!r}"),
-            (0.0 <= self.dev_fraction < 1.0, f"--dev-fraction: must be in [0, 1), got {self.dev_fraction}"),
-            (self.margin is None or self.margin >= 0, f"--margin: must be >= 0, got {self.margin}"),
-        ]
-        for ok, message in problems:
-            if not ok:
-                raise UserInputError(message)
-        return self
+             f"rank_max: the rank window {window} holds fewer than negatives={self.negatives} candidates"),
+            (self.source in SOURCES, f"source: choose dense or bm25, got {self.source!r}"),
+            (self.sampling in ("random", "top"), f"sampling: choose random or top, got {self.sampling!r}"),
+            (0.0 <= self.dev_fraction < 1.0, f"dev_fraction: must be in [0, 1), got {self.dev_fraction}"),
+            (self.margin is None or self.margin >= 0, f"margin: must be >= 0, got {self.margin}"),
+        ])
+
+
+@dataclass
+class MineJobArgs:
+    """``mine``: which split to mine and where the triplets go (the model's options are EncodeArgs)."""
+
+    dataset: str = field(metadata={"help": "BEIR dataset name or path (see evaluate --help)"})
+    output: str = field(metadata={
+        "help": "output directory: triplets.jsonl, train_qrels.tsv, dev_qrels.tsv and mining.json"})
+    split: str = field(default="train", metadata={"help": "qrels split to mine"})
 
 
 def split_dev(qids, fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -122,7 +138,7 @@ def subset_queries(dataset, qids):
                    qrels={q: dataset.qrels[q] for q in qids if q in dataset.qrels})
 
 
-def select_negatives(candidates: list[tuple[str, float]], judged: set[str], cfg: MineConfig, rng: random.Random,
+def select_negatives(candidates: list[tuple[str, float]], judged: set[str], cfg: MineArgs, rng: random.Random,
                      positive_score: float | None = None) -> list[str]:
     """Pick ``cfg.negatives`` document ids from ranks ``(rank_min, rank_max]``, never a judged one."""
     window = [(d, s) for d, s in candidates[cfg.rank_min:cfg.rank_max] if d not in judged]
@@ -135,7 +151,7 @@ def select_negatives(candidates: list[tuple[str, float]], judged: set[str], cfg:
     return [d for d, _ in rng.sample(window, cfg.negatives)]
 
 
-def mine_triplets(dataset, candidates: dict[str, list[tuple[str, float]]], qids: list[str], cfg: MineConfig,
+def mine_triplets(dataset, candidates: dict[str, list[tuple[str, float]]], qids: list[str], cfg: MineArgs,
                   positive_scores: dict[tuple[str, str], float] | None = None) -> tuple[list[dict], dict]:
     """Rows ``{anchor, positive, negative_1..k}`` (texts) and counts of what was kept and dropped."""
     texts = {}
@@ -166,7 +182,7 @@ def mine_triplets(dataset, candidates: dict[str, list[tuple[str, float]]], qids:
 def _positive_scores(model, dataset, qids, embeddings_cache, precision) -> dict[tuple[str, str], float]:
     """Each judged (query, document)'s score on the FAISS candidates' scale (``similarity_settings``:
     cosine = inner product of normalized embeddings, dot = inner product, euclidean = -L2 distance),
-    so ``--margin`` compares like with like. The corpus rows come from the cache the candidates' index
+    so ``margin`` compares like with like. The corpus rows come from the cache the candidates' index
     was built from."""
     from dpo_retrieval.retrieval.encoding import encode_texts
     from dpo_retrieval.retrieval.index import similarity_settings
@@ -200,7 +216,7 @@ def write_qrels(qrels: dict[str, dict[str, int]], path: Path) -> None:
     atomic_write_text(path, write)
 
 
-def leak_free_split(dataset, cfg: MineConfig, exclude_texts=()) -> tuple[list[str], list[str], dict]:
+def leak_free_split(dataset, cfg: MineArgs, exclude_texts=()) -> tuple[list[str], list[str], dict]:
     """``(train_qids, dev_qids, dropped)``: the dev split of :func:`split_dev`, then every query whose
     text is one of ``exclude_texts`` (the test queries) dropped from both sides, and every train query
     whose text is a dev query's dropped from train. ``dropped`` is what mining.json records."""
@@ -215,7 +231,7 @@ def leak_free_split(dataset, cfg: MineConfig, exclude_texts=()) -> tuple[list[st
     return train_q, dev_q, dropped
 
 
-def mine(model, dataset, output_dir, cfg: MineConfig, *, embeddings_cache=None, precision: str = "auto",
+def mine(model, dataset, output_dir, cfg: MineArgs, *, embeddings_cache=None, precision: str = "auto",
          batch_size: int = 64, exclude_texts=(), model_key: str | None = None) -> dict:
     """Mine ``dataset`` (a BEIR train split) into ``output_dir``: ``triplets.jsonl``, ``train_qrels.tsv``,
     ``dev_qrels.tsv`` and ``mining.json`` (settings and counts). Returns the ``mining.json`` content.
@@ -225,7 +241,6 @@ def mine(model, dataset, output_dir, cfg: MineConfig, *, embeddings_cache=None, 
     ``model_key``: identifies ``model`` in the embeddings cache's key (see ``retrieval.cache.encoding_key``)."""
     from dpo_retrieval.data.triplets import save_triplets
 
-    cfg.check()
     start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -247,7 +262,7 @@ def mine(model, dataset, output_dir, cfg: MineConfig, *, embeddings_cache=None, 
         candidates = bm25_candidates(dataset, train_q, cfg.rank_max)
         pos_scores = None
         if cfg.margin is not None:
-            logger.warning("--margin applies to dense mining only; ignored for bm25")
+            logger.warning("margin applies to dense mining only; ignored for bm25")
     rows, counts = mine_triplets(dataset, candidates, train_q, cfg, pos_scores)
     if not rows:
         raise UserInputError(f"{dataset.path}: no triplet could be mined with these settings "

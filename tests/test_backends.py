@@ -56,7 +56,7 @@ def test_onnx_encodes_like_torch_and_reuses_its_export(tiny_model_path, cache, m
 @needs_onnx
 def test_onnx_refuses_bf16_and_a_gpu_device(tiny_model_path, cache):
     model = load_model(tiny_model_path, device="cpu", backend="onnx")
-    with pytest.raises(UserInputError, match="--precision bf16: the onnx backend runs fp32"):
+    with pytest.raises(UserInputError, match="precision: bf16 cannot run on the onnx backend"):
         encode_texts(model, TEXTS, precision="bf16")
     torch_model = load_model(tiny_model_path, device="cpu")
     torch_model.to("meta")  # stands in for a model on a GPU: onnx is refused, auto stays on torch

@@ -199,15 +199,24 @@ def test_compare_bad_training_option_fails_before_anything(extra, option, tmp_pa
     assert not out.exists()
 
 
-@pytest.mark.parametrize("bad", [{"beta": -1.0}, {"lr": 0.0}, {"label_smoothing": 0.7}, {"batch_size": 0},
-                                 {"warmup": -1.0}, {"epochs": 0.0}, {"top_k": 0}, {"eval_batch_size": 0},
-                                 {"seeds": (1, 1)}, {"seeds": (1, "2")}],
-                         ids=lambda d: f"{next(iter(d))}={next(iter(d.values()))}")
-def test_run_compare_checks_training_options_first(bad, tmp_path, tiny_model_path, monkeypatch):
+BAD_PYTHON_OPTIONS = [({"dpo": {"beta": -1.0}}, "beta"), ({"learning_rate": 0.0}, "learning_rate"),
+                      ({"dpo": {"label_smoothing": 0.7}}, "label_smoothing"),
+                      ({"per_device_train_batch_size": 0}, "per_device_train_batch_size"),
+                      ({"warmup_steps": -1.0}, "warmup_steps"), ({"num_train_epochs": 0.0}, "num_train_epochs"),
+                      ({"top_k": 0}, "top_k"), ({"eval_batch_size": 0}, "eval_batch_size"),
+                      ({"mining": {"negatives": 0}}, "negatives"), ({"losses": "dpo,triplet"}, "losses"),
+                      ({"seeds": [1, 1]}, "seeds"), ({"seeds": ["1", "x"]}, "seeds"), ({"seeds": "2,2"}, "seeds")]
+
+
+@pytest.mark.parametrize("bad, field", BAD_PYTHON_OPTIONS, ids=[f for _, f in BAD_PYTHON_OPTIONS])
+def test_run_compare_checks_training_options_first(bad, field, tmp_path, tiny_model_path, monkeypatch):
+    """CompareArgs checks every option when made (as the CLI does), naming the field."""
     import dpo_retrieval.data.beir
     import dpo_retrieval.mining
-    from dpo_retrieval.experiment.compare import CompareConfig, run_compare
     from dpo_retrieval.errors import UserInputError
+    from dpo_retrieval.experiment.compare import CompareArgs, run_compare
+    from dpo_retrieval.mining import MineArgs
+    from dpo_retrieval.training import DPOArgs
 
     def boom(*a, **k):
         raise AssertionError("reached a dataset or mining before checking the training options")
@@ -215,8 +224,9 @@ def test_run_compare_checks_training_options_first(bad, tmp_path, tiny_model_pat
     monkeypatch.setattr(dpo_retrieval.mining, "mine", boom)
     monkeypatch.setattr(dpo_retrieval.data.beir, "load_beir", boom)
     out = tmp_path / "run"
-    with pytest.raises(UserInputError):
-        run_compare(CompareConfig(dataset=str(tmp_path / "tiny"), output=str(out), model=tiny_model_path, **bad))
+    with pytest.raises(UserInputError, match=rf"^{field}: "):
+        kw = {k: {"dpo": DPOArgs, "mining": MineArgs}[k](**v) if k in ("dpo", "mining") else v for k, v in bad.items()}
+        run_compare(CompareArgs(dataset=str(tmp_path / "tiny"), output=str(out), model=tiny_model_path, **kw))
     assert not out.exists()
 
 
@@ -290,14 +300,15 @@ def test_compare_with_several_training_seeds(tmp_path, tiny_model_path):
     the report has mean ± std over seeds; a second run skips every stage; compare_runs averages seeds."""
     import dataclasses
 
-    from dpo_retrieval.experiment.compare import CompareConfig, run_compare
-    from dpo_retrieval.mining import MineConfig
+    from dpo_retrieval.experiment.compare import CompareArgs, run_compare
+    from dpo_retrieval.mining import MineArgs
 
     data = write_tiny_beir(tmp_path / "tiny")
     out = tmp_path / "run"
-    cfg = CompareConfig(dataset=str(data), output=str(out), model=tiny_model_path, max_triplets=10, batch_size=4,
-                        train_max_seq_length=32, eval_max_seq_length=32, precision="fp32", top_k=20, seed=1,
-                        mining=MineConfig(rank_min=2, rank_max=12, dev_fraction=0.2), show_progress_bar=False)
+    cfg = CompareArgs(dataset=str(data), output=str(out), model=tiny_model_path, max_triplets=10,
+                      per_device_train_batch_size=4, train_max_seq_length=32, eval_max_seq_length=32, precision="fp32",
+                      top_k=20, seed=1, mining=MineArgs(rank_min=2, rank_max=12, dev_fraction=0.2),
+                      show_progress_bar=False)
     run_compare(cfg)  # a single-seed run (seeds default to (seed,)): models/<loss>/ as before
     assert not list((out / "models").glob("*-seed*"))
     single = json.loads((out / "report.json").read_text())["datasets"]["tiny"]["rows"]
@@ -305,7 +316,7 @@ def test_compare_with_several_training_seeds(tmp_path, tiny_model_path):
                     *[out / "models" / loss / "model.safetensors" for loss in ("dpo", "contrastive")],
                     *out.glob("eval/*/*.json"), *out.glob("embeddings/*/*.npy")])
 
-    multi = dataclasses.replace(cfg, seeds=(1, 2))
+    multi = dataclasses.replace(cfg, seeds=[1, 2])
     run_compare(multi)
     assert _mtimes(kept) == kept, "mining or the seed-1 models were redone"
     for loss in ("dpo", "contrastive"):

@@ -38,7 +38,8 @@ def test_quick_dpo_config_is_the_quick_presets_dpo_training():
     quick = PRESETS["quick"]
     assert (cfg.loss, dpo.policy, dpo.scale, dpo.beta) == ("dpo", "linear", 20.0, 1.0)
     assert (args.learning_rate, args.per_device_train_batch_size, args.num_train_epochs, cfg.max_seq_length,
-            args.seed) == (quick["lr"], quick["batch_size"], quick["epochs"], quick["train_max_seq_length"], 42)
+            args.seed) == (quick["learning_rate"], quick["per_device_train_batch_size"], quick["num_train_epochs"],
+                    quick["train_max_seq_length"], 42)
     assert args.report_to in ("none", [], ["none"])
 
 

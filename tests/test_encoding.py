@@ -43,7 +43,7 @@ def test_empty_and_bad_input(tiny_model):
     assert encode_texts(tiny_model, []).shape == (0, 32)
     with pytest.raises(TypeError):
         encode_texts(tiny_model, ["ok", None])
-    with pytest.raises(UserInputError, match="batch-size"):
+    with pytest.raises(UserInputError, match="batch_size: must be > 0"):
         encode_texts(tiny_model, ["a"], batch_size=0)
     with pytest.raises(UserInputError, match="fp16 needs a CUDA"):
         encode_texts(tiny_model, ["a"], precision="fp16")

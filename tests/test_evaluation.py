@@ -354,7 +354,7 @@ def test_index_a_dataset_by_name(tiny_model, data_root, tmp_path):
     index = search_mod.index_corpus(tiny_model, tmp_path / "idx", dataset="toy", precision="fp32")
     assert index.count == len(CORPUS) and index.title("d2") == "Heart"
     assert index.meta["corpus"] == str((data_root / "toy" / "corpus.jsonl").resolve())
-    with pytest.raises(UserInputError, match="exactly one of --corpus or --dataset"):
+    with pytest.raises(UserInputError, match="exactly one of corpus or dataset"):
         search_mod.index_corpus(tiny_model, tmp_path / "idx2")
 
 

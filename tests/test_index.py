@@ -106,7 +106,7 @@ def test_fewer_docs_than_k_and_single_query(synthetic):
 
 def test_bad_factories_and_training_size(synthetic):
     x, _, ids = synthetic
-    with pytest.raises(UserInputError, match="--factory"):
+    with pytest.raises(UserInputError, match="factory"):
         check_factory("NotAnIndex42")
     with pytest.raises(UserInputError, match="needs at least 1024 documents"):
         build_from_embeddings(x[:100], ids[:100], dict(META), factory="IVF1024,Flat")
@@ -217,7 +217,7 @@ def test_index_corpus_streams_and_is_atomic(tiny_model, tmp_path):
     with pytest.raises(UserInputError, match="missing \"_id\""):
         index_corpus(tiny_model, out, corpus=_write_corpus(tmp_path / "noid.jsonl", bad_line='{"text": "x"}'))
     assert FaissIndex.load(out).count == len(DOCS)
-    with pytest.raises(UserInputError, match="exists; pass --overwrite"):
+    with pytest.raises(UserInputError, match="exists; set overwrite"):
         index_corpus(tiny_model, out, corpus=corpus, overwrite=False)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("mine")

@@ -56,12 +56,12 @@ def test_overlapping_queries_match_lightly_normalised_text():
 
 def test_mine_drops_test_and_dev_duplicates(tmp_path):
     from dpo_retrieval.data.beir import load_beir
-    from dpo_retrieval.mining import MineConfig, mine
+    from dpo_retrieval.mining import MineArgs, mine
 
     data = write_beir(tmp_path / "ds")
     train, test = load_beir(data, "train"), load_beir(data, "test")
     out = tmp_path / "mine"
-    cfg = MineConfig(source="bm25", rank_min=0, rank_max=10, dev_fraction=0.25)
+    cfg = MineArgs(source="bm25", rank_min=0, rank_max=10, dev_fraction=0.25)
     info = mine(None, train, out, cfg, exclude_texts=test.queries.values())
     assert info["dropped_test_overlap"] == {"count": 1, "query_ids": ["t-dup"]}
     assert info["dropped_dev_overlap"]["count"] > 0  # the split did cut pairs of identical queries

@@ -306,7 +306,7 @@ CASES = [
          r"--output: .*out already exists and is not empty"),
     Case("opt-resume-finished-model", {**GOOD_TRIPLETS, "out/modules.json": b"[]"}, train("t.jsonl", "--resume"),
          r"--resume: .*out holds a finished model and no checkpoint"),
-    Case("opt-search-k-zero", _idx(), [*SEARCH, "-k", "0"], r"-k/--top-k: must be > 0"),
+    Case("opt-search-k-zero", _idx(), [*SEARCH, "-k", "0"], r"--top-k: must be > 0"),
     Case("opt-search-unknown-format", _idx(), [*SEARCH, "--format", "csv"], r"--format: invalid choice"),
     Case("opt-search-run-suffix", _idx(), [*SEARCH[:-1], "{tmp}/run.csv"], r"--output: cannot tell the run format"),
     Case("opt-index-chunk-size-zero", dataset(), [*INDEX_CMD, "--chunk-size", "0"], r"--chunk-size: must be > 0"),
@@ -497,7 +497,7 @@ RUN_CASES = [
     ("run.trec", b"q1 Q0 d\xe9 1 1.0 tag\n", r"run\.trec: not a TREC run \('utf-8' codec can't decode"),
     ("run.trec", None, r"run\.trec: missing run file"),
     ("run.trec", DIR, r"run\.trec: is a directory"),
-    ("run.csv", b"q1,d1,1.0\n", r"--output: cannot tell the run format"),
+    ("run.csv", b"q1,d1,1.0\n", r"output: cannot tell the run format"),
 ]
 
 

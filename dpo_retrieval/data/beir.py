@@ -65,7 +65,7 @@ def download_beir(name: str, root: Path) -> Path:
     try:
         from beir import util
     except ImportError as err:  # beir.util needs requests, which beir does not always pull in
-        raise UserInputError(f"--dataset: {name!r} is not at {target} and BEIR's downloader cannot run "
+        raise UserInputError(f"dataset: {name!r} is not at {target} and BEIR's downloader cannot run "
                              f"({err}; pip install requests); {create}") from None
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -77,13 +77,13 @@ def download_beir(name: str, root: Path) -> Path:
         util.download_and_unzip(BEIR_URL.format(name=name), str(tmp))
         unpacked = tmp / name
         if not (unpacked / "corpus.jsonl").is_file():
-            raise UserInputError(f"--dataset: the download of {name!r} holds no {name}/corpus.jsonl")
+            raise UserInputError(f"dataset: the download of {name!r} holds no {name}/corpus.jsonl")
         os.replace(unpacked, target)
     except UserInputError:
         raise
     except Exception as err:  # network, HTTP 404, bad zip ...
         raise UserInputError(
-            f"--dataset: cannot download {name!r} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            f"dataset: cannot download {name!r} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
             f"{create}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -94,7 +94,7 @@ def resolve_dataset(name_or_path: str | os.PathLike, *, download: bool = True) -
     """A dataset directory from a name (``$DPO_RETRIEVAL_DATA/<name>``, downloaded if absent) or a path."""
     s = str(name_or_path).strip()
     if not s:
-        raise UserInputError("--dataset: empty name")
+        raise UserInputError("dataset: empty name")
     if _is_path(name_or_path):
         path = Path(s).expanduser()
         if not path.exists():
@@ -111,11 +111,11 @@ def resolve_dataset(name_or_path: str | os.PathLike, *, download: bool = True) -
     create = (f"create {path} with corpus.jsonl, queries.jsonl and qrels/<split>.tsv, or set "
               f"{DATA_ENV} to the folder that holds {s}/ (or pass a path such as ./{s})")
     if s not in BEIR_DATASETS:
-        raise UserInputError(f"--dataset: {s!r} not found at {path} and not a BEIR dataset name to download; {create}")
+        raise UserInputError(f"dataset: {s!r} not found at {path} and not a BEIR dataset name to download; {create}")
     if not download or _offline():
         why = "offline (" + ", ".join(f"{v}={os.environ[v]}" for v in OFFLINE_ENVS if os.environ.get(v)) + ")" \
             if _offline() else "downloads disabled"
-        raise UserInputError(f"--dataset: {s!r} not found at {path} and {why}; {create}")
+        raise UserInputError(f"dataset: {s!r} not found at {path} and {why}; {create}")
     return download_beir(s, data_root())
 
 
@@ -173,7 +173,7 @@ def check_corpus(*, corpus: str | os.PathLike | None = None, dataset: str | None
     """The corpus file to index (``corpus``, or a BEIR ``dataset``'s corpus.jsonl), read through once
     so that a bad line is reported before a model is loaded; empty corpora are errors."""
     if (corpus is None) == (dataset is None):
-        raise UserInputError("give exactly one of --corpus or --dataset")
+        raise UserInputError("corpus: give exactly one of corpus or dataset")
     path = Path(corpus) if corpus is not None else resolve_dataset(dataset) / "corpus.jsonl"
     _check_file(path, "corpus.jsonl")
     if sum(1 for _ in iter_corpus(path)) == 0:

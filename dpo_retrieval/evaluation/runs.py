@@ -20,7 +20,7 @@ def run_format(path: str | os.PathLike, fmt: str | None = None) -> str:
         return "jsonl"
     if suffix in (".trec", ".run", ".txt", ""):
         return "trec"
-    raise UserInputError(f"--output: cannot tell the run format from {Path(path).name!r}; use .trec or .jsonl")
+    raise UserInputError(f"output: cannot tell the run format from {Path(path).name!r}; use .trec or .jsonl")
 
 
 def write_run(run: Mapping[str, Mapping[str, float]], path: str | os.PathLike, *, fmt: str | None = None,
@@ -47,7 +47,7 @@ def write_run(run: Mapping[str, Mapping[str, float]], path: str | os.PathLike, *
 
     for qid, hits in run.items():
         if fmt == "trec" and (any(c.isspace() for c in qid) or any(any(c.isspace() for c in d) for d in hits)):
-            raise UserInputError(f"--output: query or doc ids with whitespace (e.g. in query {qid!r}) cannot be "
+            raise UserInputError(f"output: query or doc ids with whitespace (e.g. in query {qid!r}) cannot be "
                                  "written as a TREC run; use .jsonl")
     return atomic_write_text(path, write)
 

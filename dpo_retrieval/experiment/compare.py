@@ -24,20 +24,26 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from dpo_retrieval._io import write_json
-from dpo_retrieval.errors import UserInputError
+from dpo_retrieval.errors import UserInputError, positive, require
 from dpo_retrieval.experiment.stages import Stage, _dataset_stamp, fingerprint  # noqa: F401
-from dpo_retrieval.mining import MineConfig
+from dpo_retrieval.mining import MineArgs
+from dpo_retrieval.retrieval.args import ModelArgs
+from dpo_retrieval.training.args import LOSSES, DPOArgs
 
 logger = logging.getLogger(__name__)
 
 #: The presets. ``quick`` trains on a fixed-seed subsample of the mined triplets with a shorter
 #: max length so the whole comparison fits in about 15 minutes on a 2-core CPU; evaluation is
-#: still on the full test split at max length 256. ``full`` is the real experiment.
+#: still on the full test split at max length 256. ``full`` is the real experiment. A preset fills
+#: only the fields left None.
 PRESETS = {
-    "quick": {"max_triplets": 256, "train_max_seq_length": 128, "epochs": 1.0, "batch_size": 32, "lr": 5e-5},
-    "full": {"max_triplets": None, "train_max_seq_length": 256, "epochs": 1.0, "batch_size": 32, "lr": 2e-5},
+    "quick": {"max_triplets": 256, "train_max_seq_length": 128, "num_train_epochs": 1.0,
+              "per_device_train_batch_size": 32, "learning_rate": 5e-5},
+    "full": {"max_triplets": None, "train_max_seq_length": 256, "num_train_epochs": 1.0,
+             "per_device_train_batch_size": 32, "learning_rate": 2e-5},
 }
 #: DPOArgs fields only the DPO loss reads (training.build_loss / train): left out of the other
 #: losses' stage keys, so a DPO-only change does not retrain contrastive or dpr.
@@ -45,62 +51,79 @@ DPO_ONLY = ("beta", "scale", "policy", "loss_type", "label_smoothing", "referenc
 METRIC_NAMES = {"ndcg@10": "NDCG@10", "recall@100": "Recall@100", "map@100": "MAP@100", "mrr@10": "MRR@10"}
 
 
-@dataclass
-class CompareConfig:
-    dataset: str = field(metadata={"help": "BEIR dataset (name or path) with train and test splits"})
+def _names(value) -> list[str]:
+    """``"dpo,contrastive"``, ``["dpo", "contrastive"]`` or ``["dpo,contrastive"]`` -> ``["dpo", "contrastive"]``."""
+    items = [value] if isinstance(value, str) else list(value or ())
+    return [x.strip() for item in items for x in str(item).split(",") if x.strip()]
+
+
+@dataclass(kw_only=True)
+class CompareArgs(ModelArgs):
+    """``compare``: the whole experiment. The DPO options are :class:`DPOArgs`, the mining options
+    :class:`MineArgs` (its seed is this seed); the training budget has the training arguments' names and
+    defaults from the preset where None. Checked when made; errors name the field."""
+
+    dataset: str = field(metadata={"help": "BEIR dataset with train and test splits (name or path)"})
     output: str = field(metadata={"help": "run directory"})
-    model: str | None = field(default=None, metadata={"help": "base model (default: packaged all-MiniLM-L6-v2)"})
-    losses: tuple[str, ...] = field(default=("dpo", "contrastive"), metadata={"help": "losses to train"})
-    eval_datasets: tuple[str, ...] = field(default=(), metadata={"help": "extra BEIR test sets (out of domain)"})
-    preset: str = field(default="quick", metadata={"help": "quick or full"})
-    max_triplets: int | None = field(default=None, metadata={"help": "subsample of mined triplets to train on"})
-    train_max_seq_length: int | None = field(default=None, metadata={"help": "max tokens per text in training"})
-    eval_max_seq_length: int = field(default=256, metadata={"help": "max tokens per text in evaluation"})
-    epochs: float | None = field(default=None, metadata={"help": "training epochs"})
-    batch_size: int | None = field(default=None, metadata={"help": "triplets per batch"})
-    lr: float | None = field(default=None, metadata={"help": "learning rate"})
-    warmup: float = field(default=0.1, metadata={"help": "warm-up ratio (< 1) or steps"})
+    losses: list[str] = field(default_factory=lambda: ["dpo", "contrastive"], metadata={
+        "help": "losses to train, space- or comma-separated: dpo, contrastive, dpr"})
+    eval_datasets: list[str] = field(default_factory=list, metadata={
+        "help": "extra BEIR test sets for out-of-domain retention, e.g. dbpedia-entity-5k"})
+    preset: Literal["quick", "full"] = field(default="quick", metadata={
+        "help": "budget preset: " + "; ".join(f"{k}: " + ", ".join(f"{n}={v}" for n, v in d.items())
+                                              for k, d in PRESETS.items()) + "; options override it"})
+    max_triplets: int | None = field(default=None, metadata={
+        "help": "train on a seeded subsample of this many triplets"})
+    train_max_seq_length: int | None = field(default=None, metadata={"help": "tokens per text in training"})
+    eval_max_seq_length: int = field(default=256, metadata={"help": "tokens per text in mining and evaluation"})
+    num_train_epochs: float | None = field(default=None, metadata={"help": "training epochs (default: the preset's)"})
+    per_device_train_batch_size: int | None = field(default=None, metadata={
+        "help": "triplets per training batch (default: the preset's)"})
+    learning_rate: float | None = field(default=None, metadata={"help": "learning rate (default: the preset's)"})
+    warmup_steps: float = field(default=0.1, metadata={"help": "warm-up: a ratio of the steps (< 1) or steps"})
     seed: int = field(default=42, metadata={"help": "seed for mining, subsampling and training"})
-    seeds: tuple[int, ...] = field(default=(), metadata={"help": "training seeds, each loss trained once per seed "
-                                                                 "(default: just --seed; mining uses --seed)"})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda, mps or auto"})
-    precision: str = field(default="auto", metadata={"help": "auto, fp32, bf16 or fp16 (training and encoding)"})
-    eval_batch_size: int = field(default=64, metadata={"help": "encoding batch size"})
+    seeds: list[str] = field(default_factory=list, metadata={
+        "help": "training seeds, comma- or space-separated: each loss trained once per seed (mining, the dev split and "
+                "the triplet subsample use --seed; include --seed to reuse an earlier run's models; default: --seed)"})
+    eval_batch_size: int = field(default=64, metadata={"help": "encoding batch size (mining and evaluation)"})
     top_k: int = field(default=1000, metadata={"help": "documents retrieved per query"})
-    beta: float | None = field(default=None, metadata={"help": "DPO beta"})
-    scale: float | None = field(default=None, metadata={"help": "DPO scale"})
-    policy: str = field(default="linear", metadata={"help": "DPO policy"})
-    loss_type: str = field(default="sigmoid", metadata={"help": "DPO loss type"})
-    label_smoothing: float = field(default=0.0, metadata={"help": "cDPO epsilon"})
-    dropout: str = field(default="on", metadata={"help": "dropout while training every loss: on or off"})
-    mining: MineConfig = field(default_factory=MineConfig, metadata={"help": "mining settings"})
-    show_progress_bar: bool = field(default=True, metadata={"help": "progress bars"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from model directories"})
-    backend: str = field(default="torch", metadata={"help": "encoding backend for mining and evaluation: auto, "
-                                                            "torch or onnx (training always runs torch)"})
+    dpo: DPOArgs = field(default_factory=DPOArgs, metadata={"help": "the DPO loss (dropout: every loss)"})
+    mining: MineArgs = field(default_factory=MineArgs, metadata={"help": "mining settings"})
+    show_progress_bar: bool = field(default=True, metadata={"help": "progress bars while encoding and training"})
 
-    def resolved(self) -> "CompareConfig":
-        if self.preset not in PRESETS:
-            raise UserInputError(f"--preset: choose one of {', '.join(PRESETS)}, got {self.preset!r}")
-        unknown = [loss for loss in self.losses if loss not in ("dpo", "contrastive", "dpr")]
-        if unknown or not self.losses:
-            raise UserInputError(f"--losses: unknown {', '.join(unknown) or '(none)'}; choose from dpo, contrastive, dpr")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.losses, self.eval_datasets = _names(self.losses), _names(self.eval_datasets)
+        self.seeds = [_seed(s) for s in _names([str(x) for x in ([self.seeds] if isinstance(self.seeds, (str, int))
+                                                                   else self.seeds)])]
+        training_seeds(self)
+        unknown = [loss for loss in self.losses if loss not in LOSSES]
+        require([
+            (not unknown and self.losses,
+             f"losses: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(LOSSES)}"),
+            (self.preset in PRESETS, f"preset: choose one of {', '.join(PRESETS)}, got {self.preset!r}"),
+            (positive(self.max_triplets, optional=True), f"max_triplets: must be > 0, got {self.max_triplets}"),
+            (positive(self.train_max_seq_length, optional=True),
+             f"train_max_seq_length: must be > 0, got {self.train_max_seq_length}"),
+            (positive(self.eval_max_seq_length), f"eval_max_seq_length: must be > 0, got {self.eval_max_seq_length}"),
+            (positive(self.num_train_epochs, optional=True),
+             f"num_train_epochs: must be a finite number > 0, got {self.num_train_epochs}"),
+            (positive(self.per_device_train_batch_size, optional=True),
+             f"per_device_train_batch_size: must be > 0, got {self.per_device_train_batch_size}"),
+            (positive(self.learning_rate, optional=True),
+             f"learning_rate: must be a finite number > 0, got {self.learning_rate}"),
+            (self.warmup_steps >= 0, f"warmup_steps: must be >= 0, got {self.warmup_steps}"),
+            (positive(self.eval_batch_size), f"eval_batch_size: must be > 0, got {self.eval_batch_size}"),
+            (positive(self.top_k), f"top_k: must be > 0, got {self.top_k}"),
+        ])
+        self.dpo.resolved()  # checks every DPO field
+
+    def resolved(self) -> "CompareArgs":
+        """The preset's values where a budget field is None, the policy's beta and scale where None (what
+        the report records as used), and this seed in the mining settings."""
         values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in PRESETS[self.preset].items()}
-        if values["max_triplets"] is not None and values["max_triplets"] <= 0:
-            raise UserInputError("--max-triplets: must be > 0")
-        from dpo_retrieval.losses import POLICY_DEFAULTS
-
-        from dpo_retrieval.retrieval.backends import check_backend
-
-        check_backend(self.backend)
-        if self.dropout not in ("on", "off"):
-            raise UserInputError(f"--dropout: choose on or off, got {self.dropout!r}")
-        if self.policy not in POLICY_DEFAULTS:
-            raise UserInputError(f"--policy: choose linear or sigmoid, got {self.policy!r}")
-        defaults = POLICY_DEFAULTS[self.policy]  # recorded in the report as the values actually used
-        values["beta"] = self.beta if self.beta is not None else defaults["beta"]
-        values["scale"] = self.scale if self.scale is not None else defaults["scale"]
-        return dataclasses.replace(self, **values, mining=dataclasses.replace(self.mining, seed=self.seed).check())
+        return dataclasses.replace(self, **values, dpo=self.dpo.resolved(),
+                                   mining=dataclasses.replace(self.mining, seed=self.seed))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,22 +147,21 @@ TRAINING_KEY = ("num_train_epochs", "max_steps", "per_device_train_batch_size", 
                 "learning_rate", "warmup_steps", "logging_steps", "save_steps", "seed")
 
 
-def _train_config(cfg: CompareConfig, loss: str, output: Path, triplets: Path):
-    """``(TrainArgs, DPOArgs, training arguments)`` of one loss's training run, checked."""
-    from dpo_retrieval.training.args import DPOArgs, TrainArgs, check_training_arguments, training_arguments
+def _train_config(cfg: CompareArgs, loss: str, output: Path, triplets: Path):
+    """``(TrainArgs, DPOArgs, training arguments)`` of one loss's training run, checked (``cfg`` resolved)."""
+    from dpo_retrieval.training.args import TrainArgs, check_training_arguments, training_arguments
 
     inputs = TrainArgs(triplets=str(triplets), model=cfg.model, loss=loss, max_seq_length=cfg.train_max_seq_length,
                        device=cfg.device, precision=cfg.precision, trust_remote_code=cfg.trust_remote_code).check()
-    dpo = DPOArgs(beta=cfg.beta, scale=cfg.scale, policy=cfg.policy, loss_type=cfg.loss_type,
-                  label_smoothing=cfg.label_smoothing, dropout=cfg.dropout).resolved()
-    args = training_arguments(str(output), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
-                              learning_rate=cfg.lr, warmup_steps=cfg.warmup, seed=cfg.seed, logging_steps=1,
-                              save_steps=50, disable_tqdm=not cfg.show_progress_bar)
+    args = training_arguments(str(output), num_train_epochs=cfg.num_train_epochs,
+                              per_device_train_batch_size=cfg.per_device_train_batch_size,
+                              learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, seed=cfg.seed,
+                              logging_steps=1, save_steps=50, disable_tqdm=not cfg.show_progress_bar)
     check_training_arguments(args)
-    return inputs, dpo, args
+    return inputs, cfg.dpo, args
 
 
-def check_options(cfg: CompareConfig) -> tuple[CompareConfig, str]:
+def check_options(cfg: CompareArgs) -> tuple[CompareArgs, str]:
     """Every option check of the whole run, before any dataset or model is read or anything written:
     the resolved config and the precision encoding and training really use (raises UserInputError)."""
     from dpo_retrieval.models import resolve_device, resolve_precision
@@ -148,19 +170,13 @@ def check_options(cfg: CompareConfig) -> tuple[CompareConfig, str]:
     run = Path(cfg.output)
     for loss in cfg.losses:  # the same checks train() runs after mining
         _train_config(cfg, loss, run / "models" / loss, run / "train_triplets.jsonl")
-    for ok, message in ((cfg.top_k > 0, f"--top-k: must be > 0, got {cfg.top_k}"),
-                        (cfg.eval_batch_size > 0, f"--eval-batch-size: must be > 0, got {cfg.eval_batch_size}"),
-                        (cfg.eval_max_seq_length > 0,
-                         f"--eval-max-seq-length: must be > 0, got {cfg.eval_max_seq_length}")):
-        if not ok:
-            raise UserInputError(message)
     precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
     if run.exists() and not run.is_dir():
-        raise UserInputError(f"--output: {run} exists and is not a directory")
+        raise UserInputError(f"output: {run} exists and is not a directory")
     return cfg, precision
 
 
-def run_compare(cfg: CompareConfig) -> dict:
+def run_compare(cfg: CompareArgs) -> dict:
     """Run (or resume) the whole comparison; returns what ``write_report`` returned.
 
     Stage keys (and the corpus-embeddings caches) hold :func:`~dpo_retrieval.retrieval.cache.encoding_key`:
@@ -307,15 +323,22 @@ def run_compare(cfg: CompareConfig) -> dict:
     return write_report(results, run, seed=cfg.seed)
 
 
-def training_seeds(cfg: CompareConfig) -> tuple[int, ...]:
+def _seed(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return text  # training_seeds() refuses it with the field's name
+
+
+def training_seeds(cfg: "CompareArgs") -> tuple[int, ...]:
     """The training seeds: ``cfg.seeds``, or ``(cfg.seed,)`` when empty (raises UserInputError on a
     non-integer or repeated seed). Mining, the dev split and the triplet subsample always use ``cfg.seed``."""
     seeds = tuple(cfg.seeds) or (cfg.seed,)
     bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int)]
     if bad:
-        raise UserInputError(f"--seeds: integers only, got {bad[0]!r}")
+        raise UserInputError(f"seeds: integers only, got {bad[0]!r}")
     if len(set(seeds)) < len(seeds):
-        raise UserInputError(f"--seeds: each seed once, got {','.join(map(str, seeds))}")
+        raise UserInputError(f"seeds: each seed once, got {','.join(map(str, seeds))}")
     return seeds
 
 

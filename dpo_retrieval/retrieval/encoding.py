@@ -45,7 +45,7 @@ def resolved_precision(model, precision: str = "auto") -> str:
 
     if model_backend(model) == "onnx":
         if precision in ("bf16", "fp16"):
-            raise UserInputError(f"--precision {precision}: the onnx backend runs fp32; use --backend torch "
+            raise UserInputError(f"precision: {precision} cannot run on the onnx backend (fp32 only); use the torch backend "
                                  f"for {precision}")
         resolve_precision(precision, "cpu")  # rejects unknown values
         return "fp32"
@@ -98,7 +98,7 @@ def encode_texts(
     ``model.encode`` does internally), so padding stays small while the bar moves.
     """
     if batch_size <= 0:
-        raise UserInputError(f"--batch-size: must be > 0, got {batch_size}")
+        raise UserInputError(f"batch_size: must be > 0, got {batch_size}")
     texts = list(texts)
     encode = _encode_fn(model, task)
     dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else None

@@ -63,7 +63,7 @@ def similarity_settings(model) -> tuple[str, bool, str]:
     """(similarity name, normalize embeddings?, faiss metric) for a sentence-transformers model."""
     name = str(getattr(model, "similarity_fn_name", None) or "cosine")
     if name not in _SIMILARITIES:
-        raise UserInputError(f"--model: similarity {name!r} has no FAISS equivalent; use a cosine, dot or euclidean model")
+        raise UserInputError(f"model: similarity {name!r} has no FAISS equivalent; use a cosine, dot or euclidean model")
     normalize, metric = _SIMILARITIES[name]
     return name, normalize, metric
 
@@ -84,12 +84,12 @@ def check_factory(factory: str, dim: int = 64, metric: str = "inner_product") ->
     """Validate a FAISS factory string (``Flat``, ``HNSW32``, ``IVF100,Flat``, ``IVF100,PQ16`` ...)."""
     factory = (factory or "").strip()
     if not factory:
-        raise UserInputError("--factory: empty factory string")
+        raise UserInputError("factory: empty factory string")
     try:
         faiss.index_factory(dim, factory, _metric(metric))
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else "invalid"
-        raise UserInputError(f"--factory: FAISS cannot build {factory!r} ({first}); "
+        raise UserInputError(f"factory: FAISS cannot build {factory!r} ({first}); "
                              "try Flat, HNSW32, IVF256,Flat or IVF256,PQ16") from None
     return factory
 
@@ -170,7 +170,7 @@ class FaissIndex:
         return f"FaissIndex({self.factory!r}, count={self.count}, dim={self.dimension}, model={self.meta.get('model')!r})"
 
     # -- model checks --------------------------------------------------------------------------
-    def check_model(self, model, *, where: str = "--model") -> None:
+    def check_model(self, model, *, where: str = "model") -> None:
         """Refuse a model whose dimension, similarity, max_seq_length or embeddings differ from the index's."""
         meta = self.meta
         problems = []
@@ -264,7 +264,7 @@ class FaissIndex:
         if not d.exists():
             raise UserInputError.at(d, None, "no such index directory")
         if not d.is_dir():
-            raise UserInputError.at(d, None, "is a file; --index expects the directory `dpo-retrieval index` wrote")
+            raise UserInputError.at(d, None, "is a file; an index is the directory `dpo-retrieval index` writes")
         for name in (META_FILE, INDEX_FILE, IDS_FILE):
             if not (d / name).is_file():
                 raise UserInputError.at(d / name, None, "missing: not an index directory (or an interrupted build)")
@@ -380,7 +380,7 @@ def build_from_embeddings(embeddings: np.ndarray, doc_ids: Sequence[str], meta: 
     if not index.is_trained:
         need = _min_train_points(factory)
         if n < need:
-            raise UserInputError(f"--factory: {factory} needs at least {need} documents to train, the corpus has {n}; "
+            raise UserInputError(f"factory: {factory} needs at least {need} documents to train, the corpus has {n}; "
                                  "use a smaller IVF/PQ size or Flat")
         rows = np.arange(n) if n <= max_train_points else \
             np.sort(np.random.default_rng(seed).choice(n, max_train_points, replace=False))

@@ -48,7 +48,7 @@ def index_corpus(model, output: str | os.PathLike, *, corpus: str | os.PathLike 
     from dpo_retrieval.retrieval.build import DEFAULT_CHUNK_SIZE, build_index_on_disk
 
     if (corpus is None) == (dataset is None):
-        raise UserInputError("give exactly one of --corpus or --dataset")
+        raise UserInputError("corpus: give exactly one of corpus or dataset")
     path = Path(corpus) if corpus is not None else resolve_dataset(dataset) / "corpus.jsonl"
     _check_file(path, "corpus.jsonl")
     count = count_records(path)
@@ -83,7 +83,7 @@ def search_dataset(model, dataset: BeirDataset, top_k: int, *, batch_size: int =
     from dpo_retrieval.retrieval.build import encode_corpus
 
     if top_k <= 0:
-        raise UserInputError(f"--top-k: must be > 0, got {top_k}")
+        raise UserInputError(f"top_k: must be > 0, got {top_k}")
     timings: dict[str, float] = {}
     doc_ids = dataset.doc_ids
     key = None
@@ -95,7 +95,7 @@ def search_dataset(model, dataset: BeirDataset, top_k: int, *, batch_size: int =
         index.check_model(model)
         if len(index.doc_ids) != len(doc_ids) or set(index.doc_ids) != set(doc_ids):
             missing = len(set(doc_ids) - set(index.doc_ids))
-            raise UserInputError(f"--index: holds {index.count} documents, {missing} of the {len(doc_ids)} in "
+            raise UserInputError(f"index: holds {index.count} documents, {missing} of the {len(doc_ids)} in "
                                  f"{dataset.name} are missing; it was built from another corpus")
         timings["load_index_s"] = time.perf_counter() - t0
         timings["encode_corpus_s"] = 0.0
