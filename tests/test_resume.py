@@ -114,20 +114,56 @@ def test_resume_without_a_checkpoint_refuses_a_finished_model(tmp_path, triplets
     assert code == 2 and "holds a finished model and no checkpoint" in capsys.readouterr().err
 
 
+def _complete_checkpoint(path: Path) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    (path / "trainer_state.json").write_text("{}")
+    save_file({"w": torch.zeros(64)}, str(path / "model.safetensors"))
+    (path / "optimizer.pt").write_bytes(b"state")
+    return path
+
+
 def test_incomplete_checkpoints_are_skipped(tmp_path, caplog):
-    from dpo_retrieval.training.save import _latest_checkpoint, _truncate_log
+    from dpo_retrieval.training.save import _latest_checkpoint
 
     ck = tmp_path / "checkpoints"
-    for step, complete in ((2, True), (4, True), (6, False), (10, False)):
-        (ck / f"checkpoint-{step}").mkdir(parents=True)
-        if complete:
-            (ck / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    _complete_checkpoint(ck / "checkpoint-2")
+    _complete_checkpoint(ck / "checkpoint-4")
+    cut = _complete_checkpoint(ck / "checkpoint-6")  # weights cut short
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[:len(data) - 10])
+    (_complete_checkpoint(ck / "checkpoint-8") / "optimizer.pt").unlink()
+    (_complete_checkpoint(ck / "checkpoint-10") / "trainer_state.json").unlink()
+    towers = _complete_checkpoint(ck / "checkpoint-12")  # a Router keeps its weights in the towers' folders
+    (towers / "model.safetensors").rename(towers / "query.safetensors")
     (ck / "checkpoint-x").mkdir()
     assert _latest_checkpoint(ck) == str(ck / "checkpoint-4")
-    assert "checkpoint-6 is incomplete" in caplog.text
+    for step, problem in ((12, "no model weights"), (10, "no trainer_state.json"), (8, "no optimizer state"),
+                          (6, "model.safetensors is truncated")):
+        assert f"checkpoint-{step} is incomplete ({problem}" in caplog.text
+    (towers / "query_0_Transformer").mkdir()
+    (towers / "query.safetensors").rename(towers / "query_0_Transformer" / "model.safetensors")
+    assert _latest_checkpoint(ck) == str(towers)
     assert _latest_checkpoint(tmp_path / "none") is None
 
-    log = tmp_path / "train_log.jsonl"
-    log.write_text('{"step": 1, "loss": 1}\n{"step": 4, "loss": 2}\n{"step": 5, "loss": 3}\nnot json\n{"step": 6')
-    _truncate_log(log, 4)
-    assert log.read_text() == '{"step": 1, "loss": 1}\n{"step": 4, "loss": 2}\n'
+
+def test_resume_falls_back_past_a_truncated_last_checkpoint(tmp_path, triplets, tiny_model_path):
+    """A finished run's checkpoints, the last one's weights cut short: --resume trains on from the one
+    before and ends with the uninterrupted run's weights and log (rebuilt from the checkpoint's history)."""
+    import shutil
+
+    import torch
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(_args(triplets, full, tiny_model_path)) == 0
+    shutil.copytree(full / "checkpoints", cut / "checkpoints")
+    weights = cut / "checkpoints" / "checkpoint-6" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    (cut / "train_log.jsonl").write_text('{"step": 9, "loss": 1.0}\n{"step": 10, "lo')  # stale and cut: replaced
+
+    assert main(_args(triplets, cut, tiny_model_path, "--resume")) == 0
+    a, b = _tensors(full), _tensors(cut)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _log(cut) == _log(full)

@@ -69,12 +69,31 @@ class TrainArgs:
                 "fp32, fp16 AMP on older GPUs, else fp32 (sets the training arguments' bf16/fp16)"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in the output directory"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow a model's own Python code to run"})
+    eval_data: str | None = field(default=None, metadata={
+        "help": "BEIR dataset (name or directory) whose dev queries are scored against its corpus during training "
+                "(with --eval_strategy steps/epoch) by sentence-transformers' InformationRetrievalEvaluator; "
+                "logged as eval_dev_<similarity>_ndcg@10, ... in train_log.jsonl"})
+    eval_qrels: str | None = field(default=None, metadata={
+        "help": "qrels TSV of the dev queries, e.g. the dev_qrels.tsv of dpo-retrieval mine (default: eval_data's "
+                "qrels/dev.tsv; without eval_data its ids refer to --corpus/--queries)"})
+    eval_triplets: str | None = field(default=None, metadata={
+        "help": "held-out triplet file (any --triplets format): the eval loss (eval_loss) and, for dpo, "
+                "eval_rewards/*"})
+    early_stopping_patience: int | None = field(default=None, metadata={
+        "help": "stop after this many evaluations without an improvement of metric_for_best_model (transformers' "
+                "EarlyStoppingCallback; default metric: the evaluator's nDCG@10, else eval_loss)"})
+    early_stopping_threshold: float = field(default=0.0, metadata={
+        "help": "the least change of metric_for_best_model that counts as an improvement for early stopping"})
 
     def check(self) -> "TrainArgs":
         _check([
             (self.loss in LOSSES, f"loss: unknown loss {self.loss!r}; choose dpo, contrastive or dpr"),
             (self.precision in ("auto", "fp32", "bf16", "fp16"), f"precision: unknown {self.precision!r}"),
             (self.max_seq_length > 0, f"max_seq_length: must be > 0, got {self.max_seq_length}"),
+            (self.early_stopping_patience is None or self.early_stopping_patience > 0,
+             f"early_stopping_patience: must be > 0, got {self.early_stopping_patience}"),
+            (self.early_stopping_threshold >= 0 and math.isfinite(self.early_stopping_threshold),
+             f"early_stopping_threshold: must be a finite number >= 0, got {self.early_stopping_threshold}"),
         ])
         return self
 

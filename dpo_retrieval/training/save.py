@@ -1,44 +1,75 @@
-"""Checkpoints and saving: the newest complete checkpoint, log truncation on resume, an atomic final save."""
+"""Checkpoints and saving: the newest complete checkpoint to resume from, an atomic final save."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
 
-from dpo_retrieval._io import write_text
 from dpo_retrieval.training.trainer import NonFiniteError
 
 logger = logging.getLogger(__name__)
 
 
+#: a checkpoint's model weights (a Router keeps them in its towers' subfolders)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # transformers' own pattern (trainer_utils)
+
+
+def _safetensors_whole(path: Path) -> bool:
+    """Whether a .safetensors file holds its whole header and every tensor its header lists."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 + n:
+                return False
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return size >= 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError):  # JSONDecodeError and UnicodeDecodeError too
+        return False
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from (None when it is complete): the trainer writes
+    ``trainer_state.json`` last, and a kill mid-save can also leave weights or the optimizer missing or cut."""
+    if not (path / "trainer_state.json").is_file():
+        return "no trainer_state.json"
+    weights = [p for name in WEIGHT_FILES for p in path.rglob(name)]
+    if not weights:
+        return "no model weights"
+    cut = [p for p in weights if p.suffix == ".safetensors" and not _safetensors_whole(p)]
+    if cut:
+        return f"{cut[0].relative_to(path)} is truncated"
+    if not any((path / name).is_file() for name in ("optimizer.pt", "optimizer.bin")):
+        return "no optimizer state"
+    return None
+
+
 def _latest_checkpoint(checkpoints: Path) -> str | None:
-    """The newest complete checkpoint. The trainer writes ``trainer_state.json`` last, so a
-    checkpoint without it was cut short (a kill mid-save) and is skipped."""
-    found = [p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    complete = [p for p in found if (p / "trainer_state.json").is_file()]
-    for p in sorted(set(found) - set(complete)):
-        logger.warning("%s is incomplete (no trainer_state.json, an interrupted save?); not resuming from it", p)
-    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
+    """The newest complete checkpoint: transformers' ``get_last_checkpoint``, and while that one is
+    incomplete (:func:`checkpoint_problem`; skipped with a warning) the one before it."""
+    from transformers.trainer_utils import get_last_checkpoint
 
-
-def _truncate_log(log_path: Path, step: int) -> None:
-    """Drop log records after ``step`` (and a line cut short by a kill) before a resumed run appends."""
-    if not log_path.exists():
-        return
-    keep = []
-    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-            keep.append(line + "\n")
-    write_text(log_path, "".join(keep))
+    if not checkpoints.is_dir():
+        return None
+    last = get_last_checkpoint(str(checkpoints))
+    if last is None:
+        return None
+    older = sorted((p for p in checkpoints.iterdir() if _CHECKPOINT.match(p.name) and p.is_dir()
+                    and p.name != Path(last).name), key=lambda p: int(_CHECKPOINT.match(p.name).group(1)), reverse=True)
+    for path in (Path(last), *older):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        logger.warning("%s is incomplete (%s; an interrupted save?); not resuming from it", path, problem)
+    return None
 
 
 def save_model_atomically(model, output: Path, *, model_card: bool = True) -> None:

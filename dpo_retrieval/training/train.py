@@ -16,7 +16,10 @@ from dpo_retrieval._io import write_json
 from dpo_retrieval.errors import UserInputError
 from dpo_retrieval.losses import DPOLoss
 from dpo_retrieval.training.args import LOSSES, DPOArgs, TrainArgs, check_training_arguments
-from dpo_retrieval.training.save import _latest_checkpoint, _truncate_log, save_model_atomically
+from dpo_retrieval.training.dev import (best_model_settings, build_evaluator, check_eval_args, early_stopping,
+                                        eval_metric_names, load_dev_split, load_eval_triplets, primary_metric,
+                                        strategy)
+from dpo_retrieval.training.save import _latest_checkpoint, save_model_atomically
 from dpo_retrieval.training.trainer import (FiniteGradientCallback, JsonlLogCallback, NonFiniteError,
                                             PreferenceTrainer, disable_dropout)
 
@@ -24,7 +27,8 @@ logger = logging.getLogger(__name__)
 #: the training arguments recorded in train_summary.json
 TRAINING_SUMMARY = ("output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                     "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type", "warmup_steps",
-                    "weight_decay", "logging_steps", "save_steps", "seed", "report_to", "push_to_hub", "hub_model_id")
+                    "weight_decay", "logging_steps", "save_steps", "seed", "report_to", "push_to_hub", "hub_model_id",
+                    "eval_strategy", "eval_steps", "load_best_model_at_end", "metric_for_best_model")
 
 
 def task_prompt(model, task: str) -> str | None:
@@ -77,6 +81,7 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
 
     cfg, dpo = cfg.check(), (dpo or DPOArgs()).resolved()
     check_training_arguments(args)
+    check_eval_args(cfg, args)
     output = Path(args.output_dir)
     checkpoints = output / "checkpoints"
     resume_from = _latest_checkpoint(checkpoints) if cfg.resume else None
@@ -90,6 +95,9 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
 
     # Everything that can fail on bad input happens before the output directory exists.
     dataset = load_triplets(cfg.triplets, corpus=cfg.corpus, queries=cfg.queries)
+    evaluates = strategy(args.eval_strategy) != "no"
+    eval_dataset = load_eval_triplets(cfg) if evaluates else None
+    dev_split = load_dev_split(cfg) if evaluates else None
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     model = load_model(cfg.model, device=device, max_seq_length=cfg.max_seq_length,
@@ -106,15 +114,22 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
         if dpo.reference == "precomputed":
             dataset, ref_stats = add_reference_scores(dataset, ref_model or model, precision=precision,
                                                       show_progress_bar=not args.disable_tqdm)
+            if eval_dataset is not None:
+                eval_dataset, _ = add_reference_scores(eval_dataset, ref_model or model, precision=precision,
+                                                       show_progress_bar=not args.disable_tqdm)
             del ref_model
         else:
             if ref_model is not None and ref_model.tokenizer.get_vocab() != model.tokenizer.get_vocab():
                 raise UserInputError("reference: online needs a reference model with the policy's tokenizer; "
                                      "use precomputed")
             reference = OnlineReference(ref_model) if ref_model is not None else OnlineReference.frozen_copy(model)
-    elif "label" in dataset.column_names:
-        dataset = dataset.remove_columns("label")
+    else:
+        dataset, eval_dataset = (d.remove_columns("label") if d is not None and "label" in d.column_names else d
+                                 for d in (dataset, eval_dataset))
     query_col, *doc_cols = [c for c in dataset.column_names if c != "label"]
+    negatives = len(doc_cols) - 1
+    if eval_dataset is not None:  # held-out triplets may have more negatives: prompts and towers for them too
+        doc_cols += [c for c in eval_dataset.column_names if c not in doc_cols and c not in (query_col, "label")]
     prompts = training_prompts(model, query_col, doc_cols)
     if dpo.separate_towers and not has_two_towers(model):
         shared = model
@@ -127,32 +142,38 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
     loss = build_loss(cfg.loss, model, dpo, reference)
     if prompts:
         logger.info("training with the model's prompts: %s", prompts)
-    trainer_args = dataclasses.replace(
-        args,
-        output_dir=str(checkpoints),
-        save_strategy="steps",
-        data_seed=args.data_seed if args.data_seed is not None else args.seed,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=device == "cpu",
-        batch_sampler=BatchSamplers.NO_DUPLICATES,  # duplicate texts would poison in-batch negatives
-        router_mapping=({query_col: "query", **{c: "document" for c in doc_cols}} if has_two_towers(model) else {}),
-        prompts=prompts or None,  # the texts encode_query/encode_document see (reference, mining, evaluation)
-        dataloader_drop_last=False,
-    )
+    similarity = str(getattr(model.similarity_fn_name, "value", model.similarity_fn_name))
+    evaluator = build_evaluator(dev_split, similarity, args.per_device_eval_batch_size) if dev_split else None
+    names = eval_metric_names(similarity if evaluator else None, eval_loss=eval_dataset is not None,
+                              rewards=eval_dataset is not None and cfg.loss == "dpo")
+    best = best_model_settings(cfg, args, names, primary_metric(similarity) if evaluator else None)
+    # checkpoints every save_steps (for --resume); per epoch or at each best where the best model needs it
+    save_strategy = strategy(args.save_strategy) if strategy(args.save_strategy) in ("epoch", "best") else "steps"
+    try:
+        trainer_args = dataclasses.replace(
+            args, **best,
+            output_dir=str(checkpoints),
+            save_strategy=save_strategy,
+            data_seed=args.data_seed if args.data_seed is not None else args.seed,
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
+            use_cpu=device == "cpu",
+            batch_sampler=BatchSamplers.NO_DUPLICATES,  # duplicate texts would poison in-batch negatives
+            router_mapping=({query_col: "query", **{c: "document" for c in doc_cols}} if has_two_towers(model) else {}),
+            prompts=prompts or None,  # the texts encode_query/encode_document see (reference, mining, evaluation)
+            dataloader_drop_last=False,
+        )
+    except ValueError as err:  # transformers' own checks of the combination (save and eval steps, ...)
+        raise UserInputError(str(err).strip().splitlines()[0]) from None
     output.mkdir(parents=True, exist_ok=True)
-    log_path = output / "train_log.jsonl"
-    if not cfg.resume and log_path.exists():
-        log_path.unlink()
-    if resume_from is not None:  # the steps after the checkpoint run again: log them once
-        _truncate_log(log_path, int(Path(resume_from).name.split("-")[-1]))
     grad_guard = FiniteGradientCallback(dpo.on_nonfinite)
     trainer = PreferenceTrainer(
         model=model, args=trainer_args, train_dataset=dataset, loss=loss, on_nonfinite=dpo.on_nonfinite,
-        callbacks=[JsonlLogCallback(log_path), grad_guard],
+        eval_dataset=eval_dataset, evaluator=evaluator,
+        callbacks=[JsonlLogCallback(output / "train_log.jsonl"), grad_guard, *early_stopping(cfg)],
     )
     logger.info("training %s on %d triplets (negatives per query: %d), device %s, precision %s",
-                cfg.loss, len(dataset), len(doc_cols) - 1, device, precision)
+                cfg.loss, len(dataset), negatives, device, precision)
     start = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=resume_from)
@@ -163,7 +184,7 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
     save_model_atomically(model, output)
     summary = {
         "config": {**dataclasses.asdict(cfg), **dataclasses.asdict(dpo),
-                   **{k: v for k, v in args.to_dict().items() if k in TRAINING_SUMMARY}},
+                   **{k: v for k, v in {**args.to_dict(), **best}.items() if k in TRAINING_SUMMARY}},
         "device": device,
         "precision": precision,
         "steps": trainer.state.global_step,
@@ -173,6 +194,8 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
         "reference_precompute": ref_stats,
         "skipped_batches": trainer.skipped_batches + grad_guard.skipped,
         "scaler_skipped_steps": grad_guard.scaler_skipped,
+        "best_metric": trainer.state.best_metric,
+        "best_model_checkpoint": trainer.state.best_model_checkpoint,
     }
     write_json(summary, output / "train_summary.json", default=str)
     logger.info("trained %d steps in %.1fs (%.2fs/step)", summary["steps"], seconds, summary["seconds_per_step"])

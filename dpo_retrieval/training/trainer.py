@@ -1,5 +1,6 @@
-"""The trainer: sentence-transformers' trainer plus reward metrics in the log, a JSONL log, and a
-guard against non-finite losses and gradients."""
+"""The trainer: sentence-transformers' trainer plus reward metrics in the log (``rewards/*`` in training
+lines, ``eval_rewards/*`` in evaluation lines), train_log.jsonl (the trainer's ``state.log_history``), and
+a guard against non-finite losses and gradients."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 import torch
 from sentence_transformers import SentenceTransformerTrainer
 from transformers import TrainerCallback
+
+from dpo_retrieval._io import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +43,16 @@ class PreferenceTrainer(SentenceTransformerTrainer):
     """SentenceTransformerTrainer that logs the loss's reward metrics and guards against NaN/inf losses.
 
     Any loss with a ``pop_metrics()`` method (such as :class:`~dpo_retrieval.losses.DPOLoss`) gets
-    its metrics (``rewards/chosen``, ``rewards/margins``, ...) merged into each training log, as TRL does.
+    its metrics (``rewards/chosen``, ``rewards/margins``, ...) merged into each training log, as TRL does;
+    the batches an evaluation scores (``eval_triplets``) are averaged apart and logged as
+    ``eval_rewards/*`` with the other evaluation metrics, never in a training line.
     """
 
     def __init__(self, *args, on_nonfinite: str = "stop", **kwargs):
         super().__init__(*args, **kwargs)
         self.on_nonfinite = on_nonfinite
         self.skipped_batches = 0
+        self._loss_metrics = {True: _Means(), False: _Means()}  # model.training -> the batches' metrics
         for cb in self.callback_handler.callbacks:
             if isinstance(cb, FiniteGradientCallback):
                 cb.trainer = self  # it reads the accelerator's gradient scaler
@@ -55,6 +61,9 @@ class PreferenceTrainer(SentenceTransformerTrainer):
         out = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                    num_items_in_batch=num_items_in_batch)
         loss = out[0] if return_outputs else out
+        pop = getattr(self.loss, "pop_metrics", None)
+        if pop is not None:  # each batch's metrics, to the training or the evaluation side
+            self._loss_metrics[model.training].add(pop())
         if model.training and not torch.isfinite(loss.detach()).all():
             step = self.state.global_step + 1
             if self.on_nonfinite == "stop":
@@ -66,10 +75,17 @@ class PreferenceTrainer(SentenceTransformerTrainer):
             out = (loss, out[1]) if return_outputs else loss
         return out
 
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        self._loss_metrics[False].take()  # nothing left from an evaluation that failed midway
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
+                                         ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in self._loss_metrics[False].take().items()})
+        return output
+
     def log(self, logs, *args, **kwargs):
-        pop = getattr(self.loss, "pop_metrics", None)
-        if pop is not None and "loss" in logs:
-            logs.update(pop())
+        if "loss" in logs:  # a training line
+            logs.update(self._loss_metrics[True].take())
         guards = [cb for cb in self.callback_handler.callbacks if isinstance(cb, FiniteGradientCallback)]
         skipped = self.skipped_batches + sum(cb.skipped for cb in guards)
         if skipped:  # non-finite losses and non-finite gradients alike
@@ -80,14 +96,45 @@ class PreferenceTrainer(SentenceTransformerTrainer):
         super().log(logs, *args, **kwargs)
 
 
-class JsonlLogCallback(TrainerCallback):
-    """Appends every training log (loss, rewards/*, learning rate, ...) to ``train_log.jsonl``.
+class _Means:
+    """Per-batch metric dicts, averaged when taken (then reset)."""
 
-    Also makes sure the final step is logged, whatever ``logging_steps`` is.
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, metrics: dict[str, float]) -> None:
+        if metrics:
+            for key, value in metrics.items():
+                self.sums[key] = self.sums.get(key, 0.0) + value
+            self.count += 1
+
+    def take(self) -> dict[str, float]:
+        out = {k: v / self.count for k, v in self.sums.items()} if self.count else {}
+        self.sums, self.count = {}, 0
+        return out
+
+
+class JsonlLogCallback(TrainerCallback):
+    """``train_log.jsonl``: the trainer's ``state.log_history``, one JSON object per entry (training
+    lines with loss, rewards/*, learning rate, ...; evaluation lines with eval_*; the final summary).
+
+    The file is rewritten whole and atomically when training begins (a resumed run starts from its
+    checkpoint's history, so the steps after it appear once) and when it ends; in between each new
+    entry is appended. Also makes sure the final step is logged, whatever ``logging_steps`` is.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.written = 0
+
+    def _rewrite(self, state) -> None:
+        write_text(self.path, "".join(_line(entry) for entry in state.log_history))
+        self.written = len(state.log_history)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._rewrite(state)
+        return control
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.max_steps and state.global_step >= state.max_steps:
@@ -95,10 +142,16 @@ class JsonlLogCallback(TrainerCallback):
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs:
-            record = {"step": state.global_step, **{k: _plain(v) for k, v in logs.items()}}
+        new = state.log_history[self.written:]
+        if new:
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write("".join(_line(entry) for entry in new))
+            self.written = len(state.log_history)
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._rewrite(state)
+        return control
 
 
 class FiniteGradientCallback(TrainerCallback):
@@ -151,9 +204,14 @@ class FiniteGradientCallback(TrainerCallback):
         return control
 
 
+def _line(entry: dict) -> str:
+    record = {"step": entry.get("step"), **{k: _plain(v) for k, v in entry.items()}}
+    return json.dumps(record) + "\n"
+
+
 def _plain(value):
-    if isinstance(value, torch.Tensor):
-        value = value.item()
+    if isinstance(value, torch.Tensor) or type(value).__module__ == "numpy":
+        value = value.item() if getattr(value, "ndim", 0) == 0 else value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
