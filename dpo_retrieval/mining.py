@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 
 from dpo_retrieval._io import atomic_write_text, write_json
+from dpo_retrieval.data.fields import join_title_text
 from dpo_retrieval.errors import UserInputError, require
 
 logger = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def mine_triplets(dataset, candidates: dict[str, list[tuple[str, float]]], qids:
     def text(doc_id: str) -> str:
         if doc_id not in texts:
             d = dataset.corpus[doc_id]
-            texts[doc_id] = f"{d.get('title') or ''} {d.get('text') or ''}".strip()
+            texts[doc_id] = join_title_text(d.get("title"), d.get("text"))
         return texts[doc_id]
 
     rows, skipped = [], 0

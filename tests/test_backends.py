@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from dpo_retrieval.retrieval import backends
+from dpo_retrieval.retrieval import backend_probe, backends, onnx_export
 from dpo_retrieval.retrieval.encoding import encode_texts
 from dpo_retrieval.errors import UserInputError
 from dpo_retrieval.models import load_model
@@ -23,7 +23,7 @@ TEXTS = ["cells", "the protein gene expression in human cells is increased by th
 def cache(tmp_path, monkeypatch):
     root = tmp_path / "cache"
     monkeypatch.setenv("DPO_RETRIEVAL_CACHE", str(root))
-    monkeypatch.setattr(backends, "_PROBES", {})
+    monkeypatch.setattr(backend_probe, "_PROBES", {})
     return root
 
 
@@ -48,7 +48,7 @@ def test_onnx_encodes_like_torch_and_reuses_its_export(tiny_model_path, cache, m
     # the export sits in the cache, keyed by the weights; a second load reuses it without exporting
     (digest,) = _exports(cache)
     assert (cache / "onnx" / digest / "model_O2.onnx").is_file()
-    monkeypatch.setattr(backends, "_export", lambda *a, **k: pytest.fail("exported again"))
+    monkeypatch.setattr(onnx_export, "_export", lambda *a, **k: pytest.fail("exported again"))
     again = load_model(tiny_model_path, device="cpu", backend="onnx")
     assert backends.model_backend(again) == "onnx" and _exports(cache) == [digest]
 
@@ -81,7 +81,7 @@ def test_auto_probe_measures_once_and_is_kept_on_disk(tiny_model_path, cache, mo
     from dpo_retrieval import models
 
     monkeypatch.setattr(models, "cpu_bf16_is_faster", lambda: False)
-    monkeypatch.setattr(backends, "_measure", lambda model, repeats: {
+    monkeypatch.setattr(backend_probe, "_measure", lambda model, repeats: {
         "backend": "onnx", "torch_s": 1.0, "onnx_s": 0.5, "speedup": 2.0, "min_cosine": 1.0, "texts": 32})
     model = load_model(tiny_model_path, device="cpu")
     assert backends.resolve_backend("auto", model) == "onnx"
@@ -89,17 +89,17 @@ def test_auto_probe_measures_once_and_is_kept_on_disk(tiny_model_path, cache, mo
     (entry,) = saved.values()
     assert entry["backend"] == "onnx" and entry["key"]["cpus"] and entry["key"]["shape"][0]["hidden_size"] == 32
     # another process (empty in-memory cache) reads the decision back instead of measuring again
-    monkeypatch.setattr(backends, "_PROBES", {})
-    monkeypatch.setattr(backends, "_measure", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr(backend_probe, "_PROBES", {})
+    monkeypatch.setattr(backend_probe, "_measure", lambda *a, **k: pytest.fail("measured again"))
     assert backends.resolve_backend("auto", model) == "onnx"
     # a decision measured on a busy machine is measured again once the machine is quiet
     import os
 
-    monkeypatch.setattr(backends, "_PROBES", {})
+    monkeypatch.setattr(backend_probe, "_PROBES", {})
     saved[next(iter(saved))]["busy"] = True
     (cache / "backend_probe.json").write_text(json.dumps(saved))
     monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
-    monkeypatch.setattr(backends, "_measure", lambda model, repeats: {
+    monkeypatch.setattr(backend_probe, "_measure", lambda model, repeats: {
         "backend": "torch", "torch_s": 1.0, "onnx_s": 1.5, "speedup": 0.67, "min_cosine": 1.0, "texts": 24})
     assert backends.resolve_backend("auto", model) == "torch"
     assert not json.loads((cache / "backend_probe.json").read_text())[next(iter(saved))]["busy"]
@@ -150,7 +150,7 @@ def test_two_tower_model_exports_both_towers(tiny_model, cache):
 
 
 def test_missing_onnxruntime_is_one_clean_line(tiny_model_path, cache, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(backends, "onnx_available", lambda: False)
+    monkeypatch.setattr(onnx_export, "onnx_available", lambda: False)
     with pytest.raises(UserInputError) as err:
         load_model(tiny_model_path, device="cpu", backend="onnx")
     assert "pip install 'dpo-retrieval[onnx]'" in str(err.value) and "\n" not in str(err.value)
@@ -187,7 +187,7 @@ def test_every_encoding_command_takes_backend_and_a_bad_value_exits_2(command, c
 
 @needs_onnx
 def test_evaluate_through_onnx_matches_torch_and_keys_the_cache(tiny_model_path, tmp_path, cache, monkeypatch):
-    from test_evaluation import make_dataset
+    from test_beir import make_dataset
 
     from dpo_retrieval.cli import main
 

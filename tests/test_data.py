@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from dpo_retrieval.data.fields import join_title_text
 from dpo_retrieval.data.triplets import (load_beir_corpus, load_beir_queries, load_triplets, save_triplets,
                                 triplet_columns)
 from dpo_retrieval.errors import UserInputError
@@ -490,3 +491,10 @@ def test_nothing_is_written_next_to_the_input(tmp_path, load):
     with pytest.raises(UserInputError):
         load(d / "bad.jsonl")
     assert sorted(p.name for p in d.iterdir()) == ["bad.jsonl", "t.tsv"]
+
+
+def test_join_title_text():
+    assert join_title_text("Title", "Body.") == "Title Body."
+    assert join_title_text("", "Body.") == "Body."
+    assert join_title_text(None, " Body ") == "Body"
+    assert join_title_text("T", None) == "T"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_retrieval.retrieval.encoding import encode_texts, join_title_text, precision_context, resolved_precision
+from dpo_retrieval.data.fields import join_title_text
+from dpo_retrieval.retrieval.encoding import encode_texts, precision_context, resolved_precision
 from dpo_retrieval.errors import UserInputError
 
 TEXTS = [
@@ -73,13 +74,6 @@ def test_bf16_autocast_close_to_fp32_tiny(tiny_model):
     b = encode_texts(tiny_model, TEXTS, precision="bf16")
     assert b.dtype == np.float32
     assert _cos(a, b).min() >= 0.999
-
-
-def test_join_title_text():
-    assert join_title_text("Title", "Body.") == "Title Body."
-    assert join_title_text("", "Body.") == "Body."
-    assert join_title_text(None, " Body ") == "Body"
-    assert join_title_text("T", None) == "T"
 
 
 @pytest.mark.slow

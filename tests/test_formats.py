@@ -119,7 +119,7 @@ def test_tevatron_passages_join_title_and_text_one_row_per_positive(tmp_path, lo
 
 def test_tevatron_passage_text_is_the_beir_join():
     from dpo_retrieval.data.fields import _passage
-    from dpo_retrieval.retrieval.encoding import join_title_text
+    from dpo_retrieval.data.fields import join_title_text
 
     obj = {"title": " T ", "text": "body "}
     assert _passage(obj, ValueError) == join_title_text(obj["title"], obj["text"]) == "T  body"
@@ -261,13 +261,14 @@ def test_beir_files_with_a_bom_load(tmp_path):
 
 
 def test_beir_and_triplet_readers_share_one_line_decoder(tmp_path):
-    from dpo_retrieval.data import beir as evaluation, triplets as data
+    from dpo_retrieval.data import beir as evaluation, lines, readers
     from dpo_retrieval.data.triplets import load_beir_corpus
 
     root = _bom_dataset(tmp_path / "ds")
     assert load_beir_corpus(root / "corpus.jsonl") == {"d1": "Insulin insulin response in mice",
                                                        "d2": "heart disease risk"}
-    assert evaluation.iter_lines is data.iter_lines
+    # one line decoder, and one JSON Lines reader on top of it, for BEIR files and triplet files
+    assert evaluation.iter_lines is lines.iter_lines and evaluation._iter_jsonl is readers._iter_jsonl
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(json.dumps(CORPUS[0]).encode() + b'\n{"_id": "d2", "text": "caf\xe9"}\n')
     with pytest.raises(UserInputError) as a:

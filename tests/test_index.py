@@ -16,6 +16,7 @@ from dpo_retrieval.retrieval.index import (
     model_settings,
 )
 from dpo_retrieval.retrieval.build import encode_corpus
+from test_beir import data_root  # noqa: F401 - a fixture
 
 
 def build_index(model, doc_ids, texts, *, model_name=None, titles=None, precision="auto", chunk_size=8192):
@@ -307,3 +308,17 @@ def test_search_refuses_another_model(tiny_model_path, tmp_path, capsys):
     capsys.readouterr()
     assert main(["search", "--index", str(out), "--model", str(other), "--query", "cells"]) == 2
     assert "does not match the index" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# index_corpus from a BEIR dataset name
+def test_index_a_dataset_by_name(tiny_model, data_root, tmp_path):
+    from test_beir import CORPUS
+
+    from dpo_retrieval.retrieval import search as search_mod
+
+    index = search_mod.index_corpus(tiny_model, tmp_path / "idx", dataset="toy", precision="fp32")
+    assert index.count == len(CORPUS) and index.title("d2") == "Heart"
+    assert index.meta["corpus"] == str((data_root / "toy" / "corpus.jsonl").resolve())
+    with pytest.raises(UserInputError, match="exactly one of corpus or dataset"):
+        search_mod.index_corpus(tiny_model, tmp_path / "idx2")

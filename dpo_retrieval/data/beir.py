@@ -9,7 +9,6 @@ with a path separator (``./scifact``, ``/data/scifact``) is used as is. Bad file
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import shutil
@@ -20,7 +19,7 @@ from typing import Iterable, Iterator
 
 from dpo_retrieval.errors import UserInputError
 from dpo_retrieval.data.fields import join_title_text
-from dpo_retrieval.data.lines import _json_problem, iter_lines
+from dpo_retrieval.data.lines import _iter_jsonl, iter_lines
 
 logger = logging.getLogger(__name__)
 
@@ -147,49 +146,47 @@ def _check_file(path: Path, what: str) -> Path:
     return path
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; bad JSON / non-objects / missing ``_id`` -> error.
+def _jsonl_records(path: Path, what: str) -> Iterator[tuple[int, str, dict]]:
+    """(line number, ``_id`` as text, object) for each non-blank line of a BEIR JSONL file of ``what``
+    (documents, queries); bad JSON, non-objects, a missing or repeated ``_id``, no line at all -> error.
 
-    Lines are decoded by :func:`dpo_retrieval.data.lines.iter_lines`, the triplet readers' decoder (a UTF-8
+    Read by :func:`dpo_retrieval.data.lines._iter_jsonl`, the triplet readers' JSON Lines reader (a UTF-8
     BOM is dropped; bytes that are not UTF-8 are reported with their line)."""
     _check_file(path, "JSONL file")
-    for lineno, line in iter_lines(path):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserInputError.at(path, lineno, _json_problem(err)) from None
-        except RecursionError:
-            raise UserInputError.at(path, lineno, "invalid JSON: nested too deeply") from None
+    seen: dict[str, int] = {}
+    for lineno, obj in _iter_jsonl(path, what):
         if not isinstance(obj, dict):
             raise UserInputError.at(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
         if "_id" not in obj or obj["_id"] is None or str(obj["_id"]) == "":
             raise UserInputError.at(path, lineno, "missing \"_id\"")
-        yield lineno, obj
+        _id = str(obj["_id"])
+        if _id in seen:
+            raise UserInputError.at(path, lineno, f"duplicate _id {_id!r} (first on line {seen[_id]})")
+        seen[_id] = lineno
+        yield lineno, _id, obj
 
 
-def check_corpus(*, corpus: str | os.PathLike | None = None, dataset: str | None = None) -> Path:
-    """The corpus file to index (``corpus``, or a BEIR ``dataset``'s corpus.jsonl), read through once
-    so that a bad line is reported before a model is loaded; empty corpora are errors."""
+def corpus_file(*, corpus: str | os.PathLike | None = None, dataset: str | None = None) -> Path:
+    """The corpus to index: the file ``corpus``, or a BEIR ``dataset``'s corpus.jsonl (exactly one)."""
     if (corpus is None) == (dataset is None):
         raise UserInputError("corpus: give exactly one of corpus or dataset")
     path = Path(corpus) if corpus is not None else resolve_dataset(dataset) / "corpus.jsonl"
-    _check_file(path, "corpus.jsonl")
-    if sum(1 for _ in iter_corpus(path)) == 0:
-        raise UserInputError.at(path, None, "empty corpus")
+    return _check_file(path, "corpus.jsonl")
+
+
+def check_corpus(*, corpus: str | os.PathLike | None = None, dataset: str | None = None) -> Path:
+    """:func:`corpus_file`, read through once so that a bad line (or no document) is reported before a
+    model is loaded."""
+    path = corpus_file(corpus=corpus, dataset=dataset)
+    for _ in iter_corpus(path):
+        pass
     return path
 
 
 def iter_corpus(path: str | os.PathLike) -> Iterator[tuple[str, str, str]]:
     """Stream a BEIR ``corpus.jsonl``: ``(doc_id, title, text)``; duplicate ids are errors."""
     path = Path(path)
-    seen: dict[str, int] = {}
-    for lineno, obj in _jsonl_records(path):
-        doc_id = str(obj["_id"])
-        if doc_id in seen:
-            raise UserInputError.at(path, lineno, f"duplicate _id {doc_id!r} (first on line {seen[doc_id]})")
-        seen[doc_id] = lineno
+    for lineno, doc_id, obj in _jsonl_records(path, "documents"):
         title, text = obj.get("title") or "", obj.get("text")
         if text is None and not title:
             raise UserInputError.at(path, lineno, "missing \"text\"")
@@ -212,10 +209,7 @@ def read_queries(path: str | os.PathLike) -> dict[str, str]:
     """A BEIR ``queries.jsonl`` (``{"_id", "text"}`` per line) as ``{qid: text}``."""
     path = Path(path)
     queries: dict[str, str] = {}
-    for lineno, obj in _jsonl_records(path):
-        qid = str(obj["_id"])
-        if qid in queries:
-            raise UserInputError.at(path, lineno, f"duplicate _id {qid!r}")
+    for lineno, qid, obj in _jsonl_records(path, "queries"):
         text = obj.get("text")
         if not isinstance(text, str) or not text.strip():
             raise UserInputError.at(path, lineno, "missing or empty \"text\"")
@@ -291,8 +285,6 @@ def _splits(path: Path) -> list[str]:
 def _diagnose(path: Path, split: str) -> dict:
     """Re-read the files with line numbers; raises the UserInputError that explains a failed load."""
     corpus = {d: {"title": t, "text": x} for d, t, x in iter_corpus(path / "corpus.jsonl")}
-    if not corpus:
-        raise UserInputError.at(path / "corpus.jsonl", None, "empty corpus: no documents")
     queries = read_queries(path / "queries.jsonl")
     qrels = read_qrels(path / "qrels" / f"{split}.tsv", doc_ids=corpus, query_ids=queries)
     return {"corpus": corpus, "queries": {q: queries[q] for q in qrels}, "qrels": qrels}

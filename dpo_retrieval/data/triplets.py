@@ -10,7 +10,7 @@
     ``neg_scores`` and ``type`` are ignored);
   - Tevatron: ``{"query_id", "query", "positive_passages": [{"docid", "title", "text"}],
     "negative_passages": [...]}``; a passage object is ``(title + " " + text).strip()``
-    (:func:`join_title_text`, BEIR's convention);
+    (:func:`~dpo_retrieval.data.fields.join_title_text`, BEIR's convention);
   - sentence-transformers (``mine_hard_negatives`` and its datasets): ``anchor``/``positive``/
     ``negative`` or ``negative_1..k``, and ``query``/``answer`` (the answer is the positive) with
     ``negative*`` columns;
@@ -35,9 +35,9 @@
 Field names are matched ignoring case, surrounding spaces and ``-`` vs ``_``; other fields (or
 header columns) are ignored. Every record needs the same number of negatives, k >= 1: a record
 with another count is an error naming its line (never cut to the smallest k). Text files are read
-by :func:`iter_lines`, the one line decoder the BEIR readers share: a UTF-8 BOM is dropped. The
-first record of a text file is checked before ``datasets`` is imported, so an empty or header-only
-file fails at once.
+by :func:`~dpo_retrieval.data.lines.iter_lines`, the one line decoder the BEIR readers share: a
+UTF-8 BOM is dropped. The first record of a text file is checked before ``datasets`` is imported,
+so an empty or header-only file fails at once.
 
 Rows stream from disk through ``Dataset.from_generator``, which validates each record as it goes
 and writes Arrow only into the HF datasets cache. The cache key is this module's source, the input's
@@ -62,8 +62,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dpo_retrieval.data.fields import Ref, _parse_record, join_title_text
-from dpo_retrieval.data.lines import Err, _at, iter_lines
+from dpo_retrieval.data.fields import Ref, _parse_record
+from dpo_retrieval.data.lines import Err, _at
 from dpo_retrieval.data.readers import (_ROW_FORMATS, _TEXT_FORMATS, _kind_of, _load_named, _records,
                                         load_beir_corpus, load_beir_queries)
 from dpo_retrieval.errors import UserInputError
@@ -77,8 +77,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ANCHOR",
     "POSITIVE",
-    "iter_lines",
-    "join_title_text",
     "load_beir_corpus",
     "load_beir_queries",
     "load_triplets",

@@ -10,7 +10,7 @@ import time
 from typing import Iterable
 
 from dpo_retrieval.data.beir import BeirDataset
-from dpo_retrieval.evaluation.metrics import K_VALUES, evaluate_run, per_query_metrics, report_metrics
+from dpo_retrieval.evaluation.metrics import K_VALUES, report_metrics, score_run
 from dpo_retrieval.retrieval.encoding import DEFAULT_BATCH_SIZE, resolved_precision
 from dpo_retrieval.retrieval.search import search_dataset
 
@@ -33,8 +33,7 @@ def evaluate_model(model, dataset: BeirDataset, *, top_k: int = 1000, k_values: 
                            model_name=model_name, show_progress_bar=show_progress_bar, model_key=model_key)
     run, index, settings, timings = found["run"], found["index"], found["settings"], found["timings"]
     t0 = time.perf_counter()
-    metrics_all = evaluate_run(dataset.qrels, run, k_values)
-    per_query = per_query_metrics(dataset.qrels, run, k_values)
+    metrics_all, per_query = score_run(dataset.qrels, run, k_values)
     timings["metrics_s"] = time.perf_counter() - t0
     timings = {k: round(v, 3) for k, v in timings.items()}
     n_docs = len(dataset.doc_ids)

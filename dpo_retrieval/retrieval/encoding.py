@@ -15,7 +15,6 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from dpo_retrieval.data.fields import join_title_text  # noqa: F401 - the one title + text join, re-exported here
 from dpo_retrieval.errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -25,8 +24,6 @@ TASKS = ("query", "document")
 
 #: How a BEIR document becomes one string (BEIR's own convention): title + " " + text, stripped.
 DOC_JOIN = "title + ' ' + text, stripped"
-
-
 
 
 def _device_type(model) -> str:
@@ -40,7 +37,7 @@ def resolved_precision(model, precision: str = "auto") -> str:
     """The precision ``encode_texts`` will really use for this model: fp32, bf16 or fp16.
 
     A model on the ONNX backend always runs fp32 (``auto`` resolves to it; bf16/fp16 are refused)."""
-    from dpo_retrieval.retrieval.backends import model_backend
+    from dpo_retrieval.retrieval.onnx_export import model_backend
     from dpo_retrieval.models import resolve_precision
 
     if model_backend(model) == "onnx":
@@ -84,8 +81,9 @@ def encode_texts(
 ) -> np.ndarray:
     """Encode ``texts`` with a sentence-transformers ``model``; returns a float32 ``(n, dim)`` array.
 
-    - ``precision``: ``auto`` (bf16 autocast on CPUs with native bf16 and on CUDA, fp16 AMP on older
-      CUDA, else fp32), or ``fp32``/``bf16``/``fp16`` explicitly (see ``models.resolve_precision``).
+    - ``precision``: ``auto`` (bf16 autocast on CUDA with bf16 and on CPUs where a bf16 matmul measures
+      faster than fp32, fp16 AMP on older CUDA, else fp32), or ``fp32``/``bf16``/``fp16`` explicitly
+      (see ``models.resolve_precision``).
       The output is float32 whatever ran inside.
     - ``task``: ``"query"``/``"document"`` call ``model.encode_query``/``model.encode_document`` (the
       model's query/document prompts and, for a ``Router`` model, its query/document tower);

@@ -109,7 +109,7 @@ def _min_train_points(factory: str) -> int:
 
 def model_settings(model, *, model_name: str | None = None, precision: str = "auto") -> dict:
     """What must match between the corpus side and the query side (plus provenance)."""
-    from dpo_retrieval.retrieval.backends import model_backend
+    from dpo_retrieval.retrieval.onnx_export import model_backend
     from dpo_retrieval.models import has_two_towers
 
     similarity, normalize, metric = similarity_settings(model)
@@ -268,17 +268,11 @@ class FaissIndex:
         for name in (META_FILE, INDEX_FILE, IDS_FILE):
             if not (d / name).is_file():
                 raise UserInputError.at(d / name, None, "missing: not an index directory (or an interrupted build)")
-        try:
-            meta = json.loads((d / META_FILE).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserInputError.at(d / META_FILE, getattr(err, "lineno", None), f"invalid JSON: {err}") from None
+        meta = _read_json(d / META_FILE)
         if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
             raise UserInputError.at(d / META_FILE, None,
                                     f"unsupported index format {meta.get('format_version') if isinstance(meta, dict) else meta!r}")
-        try:
-            doc_ids = json.loads((d / IDS_FILE).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserInputError.at(d / IDS_FILE, getattr(err, "lineno", None), f"invalid JSON: {err}") from None
+        doc_ids = _read_json(d / IDS_FILE)
         if not isinstance(doc_ids, list) or not all(isinstance(x, str) for x in doc_ids):
             raise UserInputError.at(d / IDS_FILE, None, "expected a list of document ids (strings)")
         if len(set(doc_ids)) != len(doc_ids):
@@ -294,10 +288,7 @@ class FaissIndex:
                                              f"metadata says {meta.get('count')} x {meta.get('dimension')}")
         titles = None
         if (d / TITLES_FILE).is_file():
-            try:
-                titles = json.loads((d / TITLES_FILE).read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise UserInputError.at(d / TITLES_FILE, getattr(err, "lineno", None), f"invalid JSON: {err}") from None
+            titles = _read_json(d / TITLES_FILE)
             if not isinstance(titles, list) or len(titles) != len(doc_ids):
                 raise UserInputError.at(d / TITLES_FILE, None, f"expected a list of {len(doc_ids)} titles")
         return cls(index, doc_ids, meta, titles)
@@ -312,6 +303,13 @@ class FaissIndex:
 
 # ----------------------------------------------------------------------------------------------
 # building
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserInputError.at(path, getattr(err, "lineno", None), f"invalid JSON: {err}") from None
+
+
 def _maybe_to_gpu(index):
     """Move ``index`` to GPU 0 when faiss-gpu and a CUDA device are present; ``None`` otherwise."""
     try:

@@ -10,11 +10,12 @@ from typing import Mapping
 
 import numpy as np
 
-from dpo_retrieval.data.beir import BeirDataset, _check_file, count_records, iter_corpus, resolve_dataset
+from dpo_retrieval.data.beir import BeirDataset, corpus_file, count_records, iter_corpus
+from dpo_retrieval.data.fields import join_title_text
 from dpo_retrieval.errors import UserInputError
 from dpo_retrieval.retrieval.cache import (_cache_meta, _load_cached_embeddings, _save_cached_embeddings,
                                            corpus_digest, encoding_key, model_id)
-from dpo_retrieval.retrieval.encoding import DEFAULT_BATCH_SIZE, join_title_text, resolved_precision
+from dpo_retrieval.retrieval.encoding import DEFAULT_BATCH_SIZE, resolved_precision
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,7 @@ def index_corpus(model, output: str | os.PathLike, *, corpus: str | os.PathLike 
     """Stream a corpus file (or a BEIR dataset's) into an index directory; returns the FaissIndex."""
     from dpo_retrieval.retrieval.build import DEFAULT_CHUNK_SIZE, build_index_on_disk
 
-    if (corpus is None) == (dataset is None):
-        raise UserInputError("corpus: give exactly one of corpus or dataset")
-    path = Path(corpus) if corpus is not None else resolve_dataset(dataset) / "corpus.jsonl"
-    _check_file(path, "corpus.jsonl")
+    path = corpus_file(corpus=corpus, dataset=dataset)
     count = count_records(path)
     if count == 0:
         raise UserInputError.at(path, None, "empty corpus")
