@@ -14,7 +14,7 @@ def _logsig(x: float) -> float:
     return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
 
 
-def _reference_loss(pp, pn, rp, rn, *, beta, scale, policy, loss_type, eps, ref_free):
+def _reference_loss(pp, pn, rp, rn, *, beta, scale, policy, loss_type, eps, ref_free, margin=1.0):
     """Plain-Python DPO over one example with a list of negatives (written from the paper, not the code)."""
     lp = (lambda s: _logsig(scale * s)) if policy == "sigmoid" else (lambda s: scale * s)
     pair_losses, rejected = [], []
@@ -24,8 +24,10 @@ def _reference_loss(pp, pn, rp, rn, *, beta, scale, policy, loss_type, eps, ref_
         h = chosen - rej
         if loss_type == "sigmoid":
             pair_losses.append(-(1 - eps) * _logsig(beta * h) - eps * _logsig(-beta * h))
-        else:
+        elif loss_type == "ipo":
             pair_losses.append((h - 1 / (2 * beta)) ** 2)
+        else:  # hinge on the reward margin beta*h
+            pair_losses.append(max(0.0, margin - beta * h))
         rejected.append(beta * rej)
     return sum(pair_losses) / len(pair_losses), beta * chosen, rejected
 
@@ -38,6 +40,9 @@ CASES = [
     dict(policy="sigmoid", loss_type="ipo", eps=0.0, ref_free=False, beta=0.1, scale=10.0),
     dict(policy="linear", loss_type="sigmoid", eps=0.0, ref_free=True, beta=1.0, scale=20.0),    # reference-free
     dict(policy="sigmoid", loss_type="sigmoid", eps=0.1, ref_free=True, beta=3.0, scale=10.0),
+    dict(policy="linear", loss_type="hinge", eps=0.0, ref_free=False, beta=1.0, scale=20.0, margin=1.0),  # hinge
+    dict(policy="sigmoid", loss_type="hinge", eps=0.0, ref_free=False, beta=10.0, scale=10.0, margin=0.3),
+    dict(policy="linear", loss_type="hinge", eps=0.0, ref_free=True, beta=0.5, scale=20.0, margin=2.0),
 ]
 
 
@@ -52,14 +57,15 @@ def test_dpo_loss_matches_independent_computation(case, k):
         pn, rn = pn[:, 0], rn[:, 0]
     losses, chosen, rejected = dpo_loss(
         pp, pn, rp, rn, beta=case["beta"], scale=case["scale"], policy=case["policy"],
-        loss_type=case["loss_type"], label_smoothing=case["eps"], reference_free=case["ref_free"])
+        loss_type=case["loss_type"], label_smoothing=case["eps"], reference_free=case["ref_free"],
+        hinge_margin=case.get("margin", 1.0))
     assert losses.shape == (B,) and chosen.shape == (B,) and rejected.shape == pn.shape
     for i in range(B):
         negs = [pn[i].item()] if k == 1 else pn[i].tolist()
         refs = [rn[i].item()] if k == 1 else rn[i].tolist()
         want_loss, want_chosen, want_rejected = _reference_loss(
             pp[i].item(), negs, rp[i].item(), refs, beta=case["beta"], scale=case["scale"], policy=case["policy"],
-            loss_type=case["loss_type"], eps=case["eps"], ref_free=case["ref_free"])
+            loss_type=case["loss_type"], eps=case["eps"], ref_free=case["ref_free"], margin=case.get("margin", 1.0))
         assert losses[i].item() == pytest.approx(want_loss, rel=1e-5, abs=1e-6)
         assert chosen[i].item() == pytest.approx(want_chosen, rel=1e-5, abs=1e-6)
         got_rej = [rejected[i].item()] if k == 1 else rejected[i].tolist()
@@ -75,7 +81,7 @@ def test_loss_is_log2_when_policy_equals_reference(policy):
 
 
 @pytest.mark.parametrize("policy", ["sigmoid", "linear"])
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
 def test_gradient_raises_positive_and_lowers_negative(policy, loss_type):
     pos = torch.tensor([0.2, -0.1], requires_grad=True)
     neg = torch.tensor([[0.3], [0.0]], requires_grad=True)
@@ -97,7 +103,9 @@ def test_rewards_are_detached_and_invalid_settings_raise():
         dpo_loss(*args, beta=1.0, scale=-1.0)
     with pytest.raises(ValueError, match="label_smoothing"):
         dpo_loss(*args, beta=1.0, scale=1.0, label_smoothing=0.5)
-    with pytest.raises(ValueError, match="sigmoid, ipo"):
+    with pytest.raises(ValueError, match="hinge_margin"):
+        dpo_loss(*args, beta=1.0, scale=1.0, loss_type="hinge", hinge_margin=0.0)
+    with pytest.raises(ValueError, match="sigmoid, ipo, hinge"):
         dpo_loss(*args, beta=1.0, scale=1.0, loss_type="kto")
     with pytest.raises(ValueError, match="sigmoid, linear"):
         dpo_loss(*args, beta=1.0, scale=1.0, policy="softmax")

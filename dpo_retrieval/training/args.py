@@ -1,7 +1,8 @@
 """The settings of one training run, each option declared once (a dataclass field with its help):
 
 * :class:`TrainArgs`: what to train (triplets, starting model, loss) and where it runs;
-* :class:`DPOArgs`: the DPO loss, its reference and the policy's dropout;
+* :class:`DPOArgs`: the DPO loss and its variants (dpo+mnrl, sdpo, hinge), cmnrl's mini-batch, the
+  reference and the policy's dropout;
 * sentence-transformers' own :class:`~sentence_transformers.SentenceTransformerTrainingArguments` for
   the optimiser, schedule, logging, checkpoints and the hub; :func:`training_arguments` builds one
   with this package's defaults (:data:`TRAINING_DEFAULTS`).
@@ -25,7 +26,9 @@ from dpo_retrieval.losses import policy_defaults
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformerTrainingArguments
 
-LOSSES = ("dpo", "contrastive", "dpr")
+LOSSES = ("dpo", "contrastive", "dpr", "cmnrl", "dpo+mnrl", "sdpo")
+#: the losses that need the frozen reference (unless reference_free, or sdpo with sdpo_gamma 0)
+REFERENCE_LOSSES = ("dpo", "dpo+mnrl", "sdpo")
 
 #: this package's defaults for sentence-transformers' training arguments (the CLI's too)
 TRAINING_DEFAULTS = {
@@ -59,9 +62,12 @@ class TrainArgs:
     queries: str | None = field(default=None, metadata={"help": "BEIR queries.jsonl to resolve id triplets"})
     model: str | None = field(default=None, metadata={"help": "starting sentence-transformers model name or directory "
                                                               "(default: the packaged all-MiniLM-L6-v2, offline)"})
-    loss: Literal["dpo", "contrastive", "dpr"] = field(default="dpo", metadata={
+    loss: Literal["dpo", "contrastive", "dpr", "cmnrl", "dpo+mnrl", "sdpo"] = field(default="dpo", metadata={
         "help": "dpo: the DPO loss against a frozen reference; contrastive: MultipleNegativesRankingLoss (cosine, "
-                "scale 20, in-batch + hard negatives); dpr: the same with dot product and scale 1"})
+                "scale 20, in-batch + hard negatives); dpr: the same with dot product and scale 1; cmnrl: the "
+                "contrastive loss with GradCache (CachedMultipleNegativesRankingLoss) for large batches, see "
+                "--mini-batch-size; dpo+mnrl: mnrl_weight*contrastive + (1-mnrl_weight)*dpo; sdpo: softmax DPO over "
+                "the batch, -log softmax_j(beta*scale*(s_j - sdpo_gamma*s_ref_j))[positive]"})
     max_seq_length: int = field(default=256, metadata={"help": "tokens per text"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or mps; auto picks cuda > mps > cpu"})
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
@@ -87,7 +93,7 @@ class TrainArgs:
 
     def check(self) -> "TrainArgs":
         _check([
-            (self.loss in LOSSES, f"loss: unknown loss {self.loss!r}; choose dpo, contrastive or dpr"),
+            (self.loss in LOSSES, f"loss: unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}"),
             (self.precision in ("auto", "fp32", "bf16", "fp16"), f"precision: unknown {self.precision!r}"),
             (self.max_seq_length > 0, f"max_seq_length: must be > 0, got {self.max_seq_length}"),
             (self.early_stopping_patience is None or self.early_stopping_patience > 0,
@@ -100,7 +106,8 @@ class TrainArgs:
 
 @dataclass
 class DPOArgs:
-    """The DPO loss's options (read only when ``loss`` is dpo, except dropout and on_nonfinite)."""
+    """The DPO loss's options (read by dpo, dpo+mnrl and sdpo; dropout and on_nonfinite by every loss),
+    and the other losses' own (mnrl_weight, sdpo_gamma, mini_batch_size)."""
 
     beta: float | None = field(default=None, metadata={
         "help": "DPO beta: strength of the pull toward the reference (default by policy: linear 1, sigmoid 10)"})
@@ -108,8 +115,11 @@ class DPOArgs:
         "help": "DPO policy scale a in log pi(p|q) = log sigma(a * s(q,p)) (default by policy: linear 20, sigmoid 10)"})
     policy: Literal["linear", "sigmoid"] = field(default="linear", metadata={
         "help": "DPO policy: linear = scale*s (log of a softmax over candidates), sigmoid = log sigma(scale*s)"})
-    loss_type: Literal["sigmoid", "ipo"] = field(default="sigmoid", metadata={
-        "help": "DPO objective: sigmoid (Rafailov et al. 2023) or ipo (Azar et al. 2023)"})
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = field(default="sigmoid", metadata={
+        "help": "DPO objective on h, the log-ratio difference: sigmoid -log sigma(beta*h) (Rafailov et al. 2023), "
+                "ipo (h - 1/(2 beta))^2 (Azar et al. 2023) or hinge max(0, hinge_margin - beta*h) (SLiC/RSO)"})
+    hinge_margin: float = field(default=1.0, metadata={
+        "help": "margin m of loss_type hinge: pairs with beta*h >= m add no loss (bounded movement from the reference)"})
     label_smoothing: float = field(default=0.0, metadata={"help": "cDPO label smoothing epsilon in [0, 0.5)"})
     reference_free: bool = field(default=False, metadata={"help": "drop the reference from the DPO loss"})
     reference: Literal["precomputed", "online"] = field(default="precomputed", metadata={
@@ -122,6 +132,16 @@ class DPOArgs:
     dropout: Literal["on", "off"] = field(default="on", metadata={
         "help": "dropout in the trained encoder: on = the model's own; off = p 0, so the DPO policy starts exactly "
                 "at the reference (TRL's DPO default)"})
+    mnrl_weight: float = field(default=0.5, metadata={
+        "help": "dpo+mnrl: weight lambda in [0, 1] of the contrastive term (cosine, scale 20) in "
+                "lambda*MNRL + (1-lambda)*DPO; 1 is the contrastive loss, 0 is dpo"})
+    sdpo_gamma: float = field(default=1.0, metadata={
+        "help": "sdpo: share gamma in [0, 1] of the reference's scores subtracted, "
+                "-log softmax_j(beta*scale*(s_j - gamma*s_ref_j)); 0 is the contrastive loss at scale beta*scale "
+                "(no reference), 1 listwise DPO against the reference"})
+    mini_batch_size: int = field(default=32, metadata={
+        "help": "cmnrl: texts embedded at a time (the memory of a batch this size; the loss sees the whole "
+                "per-device batch)"})
     on_nonfinite: Literal["stop", "skip"] = field(default="stop", metadata={
         "help": "when a loss or gradient is NaN/inf: stop with a message naming the step, or skip the batch"})
 
@@ -131,16 +151,32 @@ class DPOArgs:
 
         _check([
             (self.policy in POLICY_DEFAULTS, f"policy: unknown policy {self.policy!r}; choose linear or sigmoid"),
-            (self.loss_type in ("sigmoid", "ipo"), f"loss_type: unknown {self.loss_type!r}; choose sigmoid or ipo"),
+            (self.loss_type in ("sigmoid", "ipo", "hinge"),
+             f"loss_type: unknown {self.loss_type!r}; choose sigmoid, ipo or hinge"),
             (self.reference in ("precomputed", "online"), "reference: choose precomputed or online"),
             (self.on_nonfinite in ("stop", "skip"), "on_nonfinite: choose stop or skip"),
             (self.dropout in ("on", "off"), f"dropout: choose on or off, got {self.dropout!r}"),
             (self.beta is None or _positive(self.beta), f"beta: must be a finite number > 0, got {self.beta}"),
             (self.scale is None or _positive(self.scale), f"scale: must be a finite number > 0, got {self.scale}"),
             (0.0 <= self.label_smoothing < 0.5, f"label_smoothing: must be in [0, 0.5), got {self.label_smoothing}"),
+            (_positive(self.hinge_margin), f"hinge_margin: must be a finite number > 0, got {self.hinge_margin}"),
+            (0.0 <= self.mnrl_weight <= 1.0, f"mnrl_weight: must be in [0, 1], got {self.mnrl_weight}"),
+            (0.0 <= self.sdpo_gamma <= 1.0, f"sdpo_gamma: must be in [0, 1], got {self.sdpo_gamma}"),
+            (isinstance(self.mini_batch_size, int) and self.mini_batch_size > 0,
+             f"mini_batch_size: must be an integer > 0, got {self.mini_batch_size}"),
         ])
         beta, scale = policy_defaults(self.policy, self.beta, self.scale)
         return dataclasses.replace(self, beta=beta, scale=scale)
+
+    def check_loss(self, loss: str) -> "DPOArgs":
+        """The checks that depend on the loss (raises UserInputError); returns self."""
+        _check([(loss != "sdpo" or self.policy == "linear",
+                 "policy: sdpo is a softmax over beta*scale*s (the linear policy); drop policy sigmoid")])
+        return self
+
+    def needs_reference(self, loss: str) -> bool:
+        """Whether ``loss`` with these options scores against the frozen reference."""
+        return loss in REFERENCE_LOSSES and not self.reference_free and not (loss == "sdpo" and self.sdpo_gamma == 0)
 
 
 def training_arguments(output_dir: str, **overrides) -> "SentenceTransformerTrainingArguments":

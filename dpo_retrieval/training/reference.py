@@ -8,6 +8,12 @@ and scores every batch, for data too large to precompute.
 
 Both score with the reference model's own similarity (cosine or dot), through
 :func:`dpo_retrieval.losses.candidate_scores`, in float32: the same function DPO scores the policy with.
+
+``sdpo`` needs the reference's score of each query with *every* passage of its batch, and batches are
+drawn during training: :func:`add_reference_embeddings` stores each row's reference embeddings
+instead (the ``label`` column holds a (2+k, d) array per row: query, positive, negative_1..k; each
+distinct text still encoded once), and the loss scores them in-batch; the online reference embeds
+each batch (:meth:`OnlineReference.embed`).
 """
 
 from __future__ import annotations
@@ -41,11 +47,45 @@ def add_reference_scores(dataset, reference_model, *, batch_size: int = 64, prec
     :func:`~dpo_retrieval.losses.candidate_scores`), in float32. Returns ``(dataset_with_labels, stats)``
     where ``stats`` counts rows, texts and the distinct texts actually encoded.
     """
-    from dpo_retrieval.retrieval.encoding import encode_texts
     from dpo_retrieval.losses import candidate_scores, model_similarity
 
     start = time.perf_counter()
     similarity = model_similarity(reference_model)
+    q_emb, q_ids, d_emb, d_ids = _encode_distinct(dataset, reference_model, batch_size, precision, show_progress_bar)
+    scores = candidate_scores(torch.from_numpy(q_emb[q_ids]), torch.from_numpy(d_emb[d_ids]), similarity).numpy()
+    dataset = _set_label(dataset, scores.tolist())
+    stats = _stats(len(q_ids), d_ids.shape[1], len(q_emb) + len(d_emb), start)
+    logger.info("reference scores: %d rows, %d texts, %d distinct texts encoded in %.1fs",
+                stats["rows"], stats["texts"], stats["texts_encoded"], stats["seconds"])
+    return dataset, stats
+
+
+def add_reference_embeddings(dataset, reference_model, *, batch_size: int = 64, precision: str = "auto",
+                             show_progress_bar: bool = True):
+    """Attach the reference's float32 embeddings of each row's texts as the ``label`` column:
+    a (2+k, d) array per row, ``[E(q), E(pos), E(neg_1), ..., E(neg_k)]`` (query encoded as a query,
+    passages as documents, each distinct text once, eval mode). For losses that score the reference
+    in-batch (``sdpo``); same ``(dataset_with_labels, stats)`` as :func:`add_reference_scores`.
+    Memory: rows x (2+k) x d floats (SciFact's ~800 rows at d 384: 4 MB); use the online reference
+    where that is too much.
+    """
+    start = time.perf_counter()
+    q_emb, q_ids, d_emb, d_ids = _encode_distinct(dataset, reference_model, batch_size, precision, show_progress_bar)
+    rows = np.concatenate([q_emb[q_ids][:, None, :], d_emb[d_ids]], axis=1).astype(np.float32)  # (rows, 2+k, d)
+    from datasets import Array2D
+
+    dataset = _set_label(dataset, rows.tolist(), Array2D(shape=rows.shape[1:], dtype="float32"))
+    stats = _stats(len(q_ids), d_ids.shape[1], len(q_emb) + len(d_emb), start)
+    logger.info("reference embeddings: %d rows, %d distinct texts encoded in %.1fs",
+                stats["rows"], stats["texts_encoded"], stats["seconds"])
+    return dataset, stats
+
+
+def _encode_distinct(dataset, reference_model, batch_size, precision, show_progress_bar):
+    """Each distinct query (as a query) and passage (as a document) encoded once, without gradients:
+    ``(query_embs, query_index_per_row (rows,), passage_embs, passage_index_per_row (rows, 1+k))``."""
+    from dpo_retrieval.retrieval.encoding import encode_texts
+
     query_col, doc_cols = text_columns(dataset)
     queries = dataset[query_col]
     docs = {col: dataset[col] for col in doc_cols}
@@ -67,20 +107,18 @@ def add_reference_scores(dataset, reference_model, *, batch_size: int = 64, prec
                                  task="document", show_progress_bar=show_progress_bar)
     finally:
         reference_model.train(was_training)
-    scores = candidate_scores(torch.from_numpy(q_emb[q_ids]), torch.from_numpy(d_emb[d_ids]), similarity).numpy()
+    return np.asarray(q_emb, dtype=np.float32), q_ids, np.asarray(d_emb, dtype=np.float32), d_ids
 
+
+def _set_label(dataset, values, feature=None):
     if LABEL_COLUMN in dataset.column_names:
         dataset = dataset.remove_columns(LABEL_COLUMN)
-    dataset = dataset.add_column(LABEL_COLUMN, scores.tolist())
-    stats = {
-        "rows": len(queries),
-        "texts": int(len(queries) * (1 + len(doc_cols))),
-        "texts_encoded": len(q_index) + len(d_index),
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    logger.info("reference scores: %d rows, %d texts, %d distinct texts encoded in %.1fs",
-                stats["rows"], stats["texts"], stats["texts_encoded"], stats["seconds"])
-    return dataset, stats
+    return dataset.add_column(LABEL_COLUMN, values, feature=feature)
+
+
+def _stats(rows: int, docs_per_row: int, encoded: int, start: float) -> dict:
+    return {"rows": rows, "texts": int(rows * (1 + docs_per_row)), "texts_encoded": encoded,
+            "seconds": round(time.perf_counter() - start, 3)}
 
 
 class OnlineReference:
@@ -104,9 +142,15 @@ class OnlineReference:
     @torch.no_grad()
     def score(self, sentence_features) -> torch.Tensor:
         """(B, 1+k) float32 reference scores of each query with its own positive and negatives."""
-        from sentence_transformers.base.losses.merged_forward import embed_columns
-
         from dpo_retrieval.losses import candidate_scores
+
+        embeddings = self.embed(sentence_features)
+        return candidate_scores(embeddings[0], embeddings[1:], self.similarity)
+
+    @torch.no_grad()
+    def embed(self, sentence_features) -> list[torch.Tensor]:
+        """The reference's float32 embeddings of each column of the batch (query, positive, negatives)."""
+        from sentence_transformers.base.losses.merged_forward import embed_columns
 
         device = sentence_features[0]["input_ids"].device
         if next(self.model.parameters()).device != device:
@@ -115,5 +159,4 @@ class OnlineReference:
         # when the trainer adds prompts) lets a Pooling with include_prompt=False leave the prompt out.
         keep = ("input_ids", "attention_mask", "token_type_ids", "task", "prompt_length")
         features = [{k: v for k, v in f.items() if k in keep} for f in sentence_features]
-        embeddings = embed_columns(self.model, features)
-        return candidate_scores(embeddings[0], embeddings[1:], self.similarity)
+        return [e.float() for e in embed_columns(self.model, features)]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dpo_retrieval._io import write_json
 from dpo_retrieval.errors import UserInputError
-from dpo_retrieval.losses import DPOLoss
+from dpo_retrieval.losses import DPOLoss, DPOMNRLLoss, SDPOLoss, cached_mnrl
 from dpo_retrieval.training.args import LOSSES, DPOArgs, TrainArgs, check_training_arguments
 from dpo_retrieval.training.dev import (best_model_settings, build_evaluator, check_eval_args, early_stopping,
                                         eval_metric_names, load_dev_split, load_eval_triplets, primary_metric,
@@ -51,12 +51,23 @@ def training_prompts(model, query_col: str, doc_cols: list[str]) -> dict[str, st
     return prompts
 
 
-def build_loss(loss: str, model, dpo: DPOArgs | None = None, reference=None):
-    """The loss object for ``loss`` (DPO here, set by ``dpo``; the baselines are sentence-transformers' own)."""
+def build_loss(loss: str, model, dpo: DPOArgs | None = None, reference=None, reference_similarity: str | None = None):
+    """The loss object for ``loss`` (one of :data:`LOSSES`), set by ``dpo``; the contrastive baselines are
+    sentence-transformers' own. ``reference``: an online reference (None: precomputed labels);
+    ``reference_similarity``: sdpo's similarity for precomputed reference embeddings (default the policy's)."""
+    dpo = (dpo or DPOArgs()).resolved().check_loss(loss)
+    options = dict(beta=dpo.beta, scale=dpo.scale, policy=dpo.policy, loss_type=dpo.loss_type,
+                   label_smoothing=dpo.label_smoothing, reference_free=dpo.reference_free, reference=reference,
+                   hinge_margin=dpo.hinge_margin)
     if loss == "dpo":
-        dpo = (dpo or DPOArgs()).resolved()
-        return DPOLoss(model, beta=dpo.beta, scale=dpo.scale, policy=dpo.policy, loss_type=dpo.loss_type,
-                       label_smoothing=dpo.label_smoothing, reference_free=dpo.reference_free, reference=reference)
+        return DPOLoss(model, **options)
+    if loss == "dpo+mnrl":
+        return DPOMNRLLoss(model, mnrl_weight=dpo.mnrl_weight, **options)
+    if loss == "sdpo":  # reference_free drops the reference: gamma 0
+        return SDPOLoss(model, beta=dpo.beta, scale=dpo.scale, gamma=0.0 if dpo.reference_free else dpo.sdpo_gamma,
+                        reference=reference, reference_similarity=reference_similarity)
+    if loss == "cmnrl":
+        return cached_mnrl(model, mini_batch_size=dpo.mini_batch_size)
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.util import cos_sim, dot_score
 
@@ -77,9 +88,11 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
 
     from dpo_retrieval.data.triplets import load_triplets
     from dpo_retrieval.models import has_two_towers, load_model, make_two_towers, resolve_device, resolve_precision
-    from dpo_retrieval.training.reference import OnlineReference, add_reference_scores
+    from dpo_retrieval.losses import model_similarity
+    from dpo_retrieval.training.reference import OnlineReference, add_reference_embeddings, add_reference_scores
 
-    cfg, dpo = cfg.check(), (dpo or DPOArgs()).resolved()
+    cfg = cfg.check()
+    dpo = (dpo or DPOArgs()).resolved().check_loss(cfg.loss)
     check_training_arguments(args)
     check_eval_args(cfg, args)
     output = Path(args.output_dir)
@@ -107,16 +120,20 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
     card.model_name = f"{Path(str(cfg.model or 'all-MiniLM-L6-v2')).name} fine-tuned with dpo-retrieval ({cfg.loss})"
     reference = None
     ref_stats = None
-    if cfg.loss == "dpo" and not dpo.reference_free:
+    ref_similarity = None
+    if dpo.needs_reference(cfg.loss):
         ref_model = (load_model(dpo.reference_model, device=device, max_seq_length=cfg.max_seq_length,
                                 trust_remote_code=cfg.trust_remote_code)
                      if dpo.reference_model else None)
+        ref_similarity = model_similarity(ref_model or model)
         if dpo.reference == "precomputed":
-            dataset, ref_stats = add_reference_scores(dataset, ref_model or model, precision=precision,
-                                                      show_progress_bar=not args.disable_tqdm)
+            # sdpo scores the reference in-batch: it needs each row's embeddings, the others its own scores
+            add_reference = add_reference_embeddings if cfg.loss == "sdpo" else add_reference_scores
+            dataset, ref_stats = add_reference(dataset, ref_model or model, precision=precision,
+                                               show_progress_bar=not args.disable_tqdm)
             if eval_dataset is not None:
-                eval_dataset, _ = add_reference_scores(eval_dataset, ref_model or model, precision=precision,
-                                                       show_progress_bar=not args.disable_tqdm)
+                eval_dataset, _ = add_reference(eval_dataset, ref_model or model, precision=precision,
+                                                show_progress_bar=not args.disable_tqdm)
             del ref_model
         else:
             if ref_model is not None and ref_model.tokenizer.get_vocab() != model.tokenizer.get_vocab():
@@ -139,7 +156,7 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
     if dpo.dropout == "off":
         logger.info("dropout off in %d modules", disable_dropout(model))
 
-    loss = build_loss(cfg.loss, model, dpo, reference)
+    loss = build_loss(cfg.loss, model, dpo, reference, reference_similarity=ref_similarity)
     if prompts:
         logger.info("training with the model's prompts: %s", prompts)
     similarity = str(getattr(model.similarity_fn_name, "value", model.similarity_fn_name))

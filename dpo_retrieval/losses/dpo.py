@@ -12,28 +12,29 @@ copy of the starting encoder. For a triplet (q, p+, p-):
 
     h = (log pi(p+|q) - log pi_ref(p+|q)) - (log pi(p-|q) - log pi_ref(p-|q))
     L = -log sigma(beta * h)                                       (Rafailov et al. 2023)
+    L = (h - 1/(2 beta))^2                                         loss_type="ipo" (Azar et al. 2023)
+    L = max(0, m - beta * h)                                       loss_type="hinge" (SLiC, Zhao et al. 2023)
 
 Scores and the loss are computed in float32 with autocast off, whatever precision the encoder ran
 in: h is a small difference of two numbers of size ``a`` that bf16 (8 bits of mantissa) would round
-away. :func:`candidate_scores` is the one place query-passage scores are computed, for the policy
-and for the reference (precomputed and online).
+away. Scores come from :mod:`dpo_retrieval.losses.scores`, for the policy and for the reference
+(precomputed and online).
 
-The contrastive baseline is sentence-transformers' ``MultipleNegativesRankingLoss``; it is not
-re-implemented here.
+The contrastive baseline is sentence-transformers' ``MultipleNegativesRankingLoss``; the other losses
+(``dpo+mnrl``, ``sdpo``, ``cmnrl``) have their own modules in this package.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dpo_retrieval.errors import UserInputError
+from dpo_retrieval.losses.scores import _float32, candidate_scores, float32_math, model_similarity
 
 logger = logging.getLogger(__name__)
 
@@ -48,50 +49,9 @@ def policy_defaults(policy: str, beta: float | None = None, scale: float | None 
         raise ValueError(f"Unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
     d = POLICY_DEFAULTS[policy]
     return (d["beta"] if beta is None else beta), (d["scale"] if scale is None else scale)
-LOSS_TYPES = ("sigmoid", "ipo")
-SIMILARITIES = ("cosine", "dot")
 
 
-def model_similarity(model) -> str:
-    """The similarity to score ``model`` with: its ``similarity_fn_name`` (None = cosine, as in
-    sentence-transformers); raises :class:`UserInputError` for one DPO does not support."""
-    name = getattr(model, "similarity_fn_name", None) or "cosine"
-    name = str(getattr(name, "value", name))
-    if name not in SIMILARITIES:
-        raise UserInputError(f"the model's similarity {name!r} is not supported for DPO scoring; "
-                             f"supported: {', '.join(SIMILARITIES)}")
-    return name
-
-
-def float32_math(device: torch.device | str) -> contextlib.AbstractContextManager:
-    """Autocast off on ``device`` (inputs must be cast to float32 by the caller)."""
-    device_type = torch.device(device).type
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def _float32(t: Tensor) -> Tensor:
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
-def candidate_scores(query_emb: Tensor, candidate_embs: Sequence[Tensor] | Tensor, similarity: str) -> Tensor:
-    """(B, 1+k) float32 scores of each query with its own positive and negatives.
-
-    ``candidate_embs`` is a list of (B, d) tensors (positive, negative_1..k) or one (B, 1+k, d)
-    tensor; ``similarity`` is "cosine" or "dot" (see :func:`model_similarity`). Computed from float32
-    embeddings with autocast off, so the result does not depend on the precision the encoder ran in.
-    """
-    if similarity not in SIMILARITIES:
-        raise UserInputError(f"similarity {similarity!r} is not supported for DPO scoring; "
-                             f"supported: {', '.join(SIMILARITIES)}")
-    with float32_math(query_emb.device):
-        q = query_emb.float()
-        c = candidate_embs.float() if isinstance(candidate_embs, Tensor) else torch.stack(
-            [e.float() for e in candidate_embs], dim=1)
-        if similarity == "cosine":
-            q, c = F.normalize(q, p=2, dim=-1), F.normalize(c, p=2, dim=-1)
-        return torch.einsum("bd,bkd->bk", q, c)
+LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 
 def policy_logprob(scores: Tensor, *, scale: float, policy: str = "sigmoid") -> Tensor:
@@ -116,6 +76,7 @@ def dpo_loss(
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
     reference_free: bool = False,
+    hinge_margin: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """DPO over query-passage similarity scores.
 
@@ -127,9 +88,11 @@ def dpo_loss(
         beta: inverse temperature of the preference model (> 0); larger keeps the policy nearer the reference.
         scale: the policy's scale ``a`` (> 0).
         policy: "sigmoid" (log pi = log sigma(a s)) or "linear" (log pi = a s).
-        loss_type: "sigmoid" (DPO, with cDPO label smoothing) or "ipo".
+        loss_type: "sigmoid" (DPO, with cDPO label smoothing), "ipo", or "hinge" (``max(0, m - beta*h)``).
         label_smoothing: cDPO's epsilon, the assumed share of flipped preference labels, in [0, 0.5).
         reference_free: compare policy log-probabilities directly, without the reference.
+        hinge_margin: the hinge's margin ``m`` (> 0): pairs with ``beta*h >= m`` add no loss and no
+            gradient, which bounds how far the policy moves from the reference on each pair.
 
     Returns:
         ``(losses, chosen_rewards, rejected_rewards)``: ``losses`` (B,) is the mean over each
@@ -143,14 +106,16 @@ def dpo_loss(
         raise ValueError(f"scale must be > 0, got {scale}")
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if not 0 < hinge_margin < float("inf"):
+        raise ValueError(f"hinge_margin must be a finite number > 0, got {hinge_margin}")
     with float32_math(policy_pos.device):
         return _dpo_loss(_float32(policy_pos), _float32(policy_neg), _float32(ref_pos), _float32(ref_neg),
                          beta=beta, scale=scale, policy=policy, loss_type=loss_type,
-                         label_smoothing=label_smoothing, reference_free=reference_free)
+                         label_smoothing=label_smoothing, reference_free=reference_free, hinge_margin=hinge_margin)
 
 
 def _dpo_loss(policy_pos, policy_neg, ref_pos, ref_neg, *, beta, scale, policy, loss_type, label_smoothing,
-              reference_free):
+              reference_free, hinge_margin):
     neg_was_1d = policy_neg.dim() == 1
     if neg_was_1d:
         policy_neg, ref_neg = policy_neg.unsqueeze(-1), ref_neg.unsqueeze(-1)
@@ -169,6 +134,10 @@ def _dpo_loss(policy_pos, policy_neg, ref_pos, ref_neg, *, beta, scale, policy, 
     elif loss_type == "ipo":
         # IPO, Azar et al. 2023 (arXiv:2310.12036), eq. 17: regress h onto 1/(2 beta).
         pair_losses = (h - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        # SLiC's calibration hinge (Zhao et al. 2023, arXiv:2305.10425) on the DPO reward margin, as
+        # RSO (Liu et al. 2023, arXiv:2309.06657) and TRL's loss_type="hinge" (m = 1) use it.
+        pair_losses = F.relu(hinge_margin - beta * h)
     else:
         raise ValueError(f"Unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
 
@@ -191,6 +160,7 @@ class DPOLoss(nn.Module):
         label_smoothing: float = 0.0,
         reference_free: bool = False,
         reference=None,
+        hinge_margin: float = 1.0,
     ) -> None:
         """
         Direct Preference Optimization for a dual encoder: the positive passage is the preferred
@@ -207,12 +177,13 @@ class DPOLoss(nn.Module):
             policy: "linear" (``a * s``, the log of a softmax over candidates) or "sigmoid"
                 (``log sigma(a * s)``). With "sigmoid" a confident positive saturates and nearly all
                 gradient pushes hard negatives away.
-            loss_type: "sigmoid" (DPO / cDPO) or "ipo".
+            loss_type: "sigmoid" (DPO / cDPO), "ipo" or "hinge".
             label_smoothing: cDPO's epsilon in [0, 0.5).
             reference_free: ignore the reference (pairwise logistic loss on the policy alone).
             reference: an :class:`~dpo_retrieval.training.reference.OnlineReference` that scores each batch
                 with a frozen encoder. Leave ``None`` when the reference scores come precomputed
                 in the dataset's ``label`` column (:func:`~dpo_retrieval.training.reference.add_reference_scores`).
+            hinge_margin: the margin ``m`` of ``loss_type="hinge"`` (> 0).
 
         Scores are the model's own similarity (``similarity_fn_name``: cosine or dot; others raise
         :class:`~dpo_retrieval.errors.UserInputError`), computed in float32 with autocast off.
@@ -263,6 +234,8 @@ class DPOLoss(nn.Module):
         beta, scale = policy_defaults(policy, beta, scale)
         if not beta > 0 or not scale > 0:
             raise ValueError(f"beta and scale must be > 0, got beta={beta}, scale={scale}")
+        if not 0 < hinge_margin < float("inf"):
+            raise ValueError(f"hinge_margin must be a finite number > 0, got {hinge_margin}")
         self.model = model
         self.similarity = model_similarity(model)
         self.beta = beta
@@ -271,6 +244,7 @@ class DPOLoss(nn.Module):
         self.loss_type = loss_type
         self.label_smoothing = label_smoothing
         self.reference_free = reference_free
+        self.hinge_margin = hinge_margin
         # A plain object, not an nn.Module: the trainer must not train, save or move the frozen reference.
         self.reference = reference
         ref_similarity = getattr(reference, "similarity", self.similarity)
@@ -290,8 +264,15 @@ class DPOLoss(nn.Module):
         return self.compute_loss_from_embeddings(embeddings, labels)
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None) -> Tensor:
+        losses, chosen, rejected = self.dpo_terms(embeddings, labels)
+        self._record(chosen, rejected)
+        return losses.mean()
+
+    def dpo_terms(self, embeddings: list[Tensor], labels: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """:func:`dpo_loss` of a batch: ``(losses (B,), chosen_rewards, rejected_rewards)``."""
         if len(embeddings) < 3:
-            raise ValueError(f"DPOLoss needs (anchor, positive, negative_1..k) columns, got {len(embeddings)}")
+            raise ValueError(f"{type(self).__name__} needs (anchor, positive, negative_1..k) columns, "
+                             f"got {len(embeddings)}")
         scores = candidate_scores(embeddings[0], embeddings[1:], self.similarity)  # (B, 1+k), float32
         if self.reference_free:
             ref = torch.zeros_like(scores)
@@ -303,15 +284,13 @@ class DPOLoss(nn.Module):
             )
         else:
             ref = labels.to(scores.device, torch.float32)
-        losses, chosen, rejected = dpo_loss(
+        return dpo_loss(
             scores[:, 0], scores[:, 1:], ref[:, 0], ref[:, 1:],
             beta=self.beta, scale=self.scale, policy=self.policy, loss_type=self.loss_type,
-            label_smoothing=self.label_smoothing, reference_free=self.reference_free,
+            label_smoothing=self.label_smoothing, reference_free=self.reference_free, hinge_margin=self.hinge_margin,
         )
-        self._record(chosen, rejected)
-        return losses.mean()
 
-    def _record(self, chosen: Tensor, rejected: Tensor) -> None:
+    def _record(self, chosen: Tensor, rejected: Tensor, **extra: float) -> None:
         chosen = chosen.float().unsqueeze(-1)
         rejected = rejected.float()
         batch = {
@@ -319,6 +298,7 @@ class DPOLoss(nn.Module):
             "rewards/rejected": rejected.mean().item(),
             "rewards/margins": (chosen - rejected).mean().item(),
             "rewards/accuracies": (chosen > rejected).float().mean().item(),
+            **extra,
         }
         for key, value in batch.items():
             self._metric_sums[key] = self._metric_sums.get(key, 0.0) + value
@@ -340,6 +320,7 @@ class DPOLoss(nn.Module):
             "loss_type": self.loss_type,
             "label_smoothing": self.label_smoothing,
             "reference_free": self.reference_free,
+            **({"hinge_margin": self.hinge_margin} if self.loss_type == "hinge" else {}),
             "similarity": self.similarity,
             "reference": "online" if self.reference is not None else "precomputed",
         }
