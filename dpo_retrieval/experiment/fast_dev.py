@@ -1,0 +1,33 @@
+"""A fast dev score for sweeps: each dev query re-ranks a fixed pool (its top documents under the base
+model plus its judged documents), so a trained model encodes the pool instead of the whole corpus.
+
+Both steps go through :func:`~dpo_retrieval.retrieval.search.search_dataset`, so prompts, similarity and
+normalisation are exactly those of full retrieval; only the documents a query can see differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+def candidate_pool(base, dev, depth: int, *, batch_size: int = 64, precision: str = "auto") -> dict[str, list[str]]:
+    """``{qid: doc ids}``: each dev query's ``depth`` best documents under ``base`` plus its judged ones."""
+    from dpo_retrieval.retrieval.search import search_dataset
+
+    run = search_dataset(base, dev, min(depth, len(dev.doc_ids)), batch_size=batch_size, precision=precision,
+                         show_progress_bar=False)["run"]
+    return {q: sorted(set(run.get(q, {})) | set(dev.qrels.get(q, {}))) for q in dev.queries}
+
+
+def score_pool(model, dev, pool: dict[str, list[str]], *, batch_size: int = 64,
+               precision: str = "auto") -> dict[str, dict[str, float]]:
+    """The run ``{qid: {doc: score}}`` of ``model`` with each query limited to its own pool."""
+    from dpo_retrieval.retrieval.search import search_dataset
+
+    docs = sorted({d for c in pool.values() for d in c})
+    sub = dataclasses.replace(dev, corpus={d: dev.corpus[d] for d in docs},
+                              queries={q: dev.queries[q] for q in pool})
+    run = search_dataset(model, sub, len(docs), batch_size=batch_size, precision=precision,
+                         show_progress_bar=False)["run"]
+    allowed = {q: set(c) for q, c in pool.items()}
+    return {q: {d: s for d, s in run.get(q, {}).items() if d in allowed[q]} for q in pool}

@@ -1,0 +1,277 @@
+"""``dpo-retrieval sweep GRID.yaml``: a grid over training options, each point trained on the same
+triplets and scored on the dev split only (never test).
+
+A grid file (YAML or JSON)::
+
+    dataset: scifact                 # BEIR dataset whose train split the triplets were mined from
+    mine: runs/quick/mine            # a `dpo-retrieval mine` (or compare's RUN/mine) directory:
+                                     #   triplets.jsonl and dev_qrels.tsv (the held-out train queries)
+    triplets: runs/quick/train_triplets.jsonl   # optional: train on this file instead of mine/triplets.jsonl
+    output: runs/sweep
+    fixed: {loss: dpo, max_seq_length: 128, per_device_train_batch_size: 32}
+    grid: {beta: [0.3, 1, 3], learning_rate: [2.0e-5, 5.0e-5]}
+
+Option names are the fields of :class:`~dpo_retrieval.training.args.TrainArgs`,
+:class:`~dpo_retrieval.training.args.DPOArgs` and sentence-transformers'
+``SentenceTransformerTrainingArguments``. Every point is a training stage under
+``OUTPUT/points/<id>/`` (skipped when done, resumed from its last checkpoint when interrupted) and its
+scores are written to ``OUTPUT/sweep.json`` as they come.
+
+The dev score is fast by default: each dev query re-ranks only its ``fast_depth`` best documents under
+the base model plus its judged documents, so a point encodes that pool instead of the corpus.
+``full_dev`` also scores full dev retrieval, and the Spearman correlation of the two over the grid
+says how far the fast score can be trusted for choosing a configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dpo_retrieval._io import write_json
+from dpo_retrieval.errors import UserInputError
+from dpo_retrieval.experiment.stages import Stage, fingerprint
+
+logger = logging.getLogger(__name__)
+
+GRID_KEYS = ("dataset", "mine", "triplets", "output", "fixed", "grid")
+
+
+@dataclass
+class SweepArgs:
+    """The sweep's own options; what is trained is the grid file's."""
+
+    grid: str = field(metadata={"help": "grid file (.yaml/.yml/.json): dataset, mine, triplets, output, fixed, grid"})
+    output: str | None = field(default=None, metadata={"help": "sweep directory (default: the grid file's output)"})
+    fast_depth: int = field(default=100, metadata={
+        "help": "fast dev score: each dev query re-ranks its top N documents under the base model plus its judged "
+                "documents"})
+    full_dev: bool = field(default=False, metadata={
+        "help": "also score full dev retrieval for every point, and report the fast score's Spearman agreement "
+                "with it over the grid"})
+    eval_max_seq_length: int = field(default=256, metadata={"help": "tokens per text when scoring"})
+    eval_batch_size: int = field(default=64, metadata={"help": "texts per forward pass when scoring"})
+    precision: str = field(default="auto", metadata={"help": "training and encoding precision: auto, fp32, bf16, fp16"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, mps or auto"})
+
+    def check(self) -> "SweepArgs":
+        for ok, message in ((self.fast_depth > 0, f"fast_depth: must be > 0, got {self.fast_depth}"),
+                            (self.eval_max_seq_length > 0,
+                             f"eval_max_seq_length: must be > 0, got {self.eval_max_seq_length}"),
+                            (self.eval_batch_size > 0, f"eval_batch_size: must be > 0, got {self.eval_batch_size}")):
+            if not ok:
+                raise UserInputError(message)
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+def read_grid(path: str | Path) -> dict:
+    """The grid file as a checked dict (raises UserInputError naming the file)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserInputError.at(p, None, "no such grid file")
+    try:
+        data = (json.loads(p.read_text(encoding="utf-8-sig")) if p.suffix.lower() == ".json"
+                else yaml.safe_load(p.read_text(encoding="utf-8-sig")))
+    except Exception as err:  # yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError
+        raise UserInputError.at(p, None, f"cannot read the grid: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserInputError.at(p, None, "expected a mapping with dataset, mine, grid ...")
+    unknown = sorted(set(data) - set(GRID_KEYS))
+    if unknown:
+        raise UserInputError.at(p, None, f"unknown key {', '.join(map(repr, unknown))}; known: {', '.join(GRID_KEYS)}")
+    for key in ("dataset", "mine"):
+        if not data.get(key):
+            raise UserInputError.at(p, None, f"{key}: required")
+    grid, fixed = data.get("grid") or {}, data.get("fixed") or {}
+    if not isinstance(grid, dict) or not isinstance(fixed, dict):
+        raise UserInputError.at(p, None, "fixed and grid must be mappings of option: value(s)")
+    grid = {str(k).replace("-", "_"): (v if isinstance(v, list) else [v]) for k, v in grid.items()}
+    if any(not v for v in grid.values()):
+        raise UserInputError.at(p, None, "grid: every option needs at least one value")
+    base = p.parent
+    resolve = lambda v: str((base / v) if not Path(v).is_absolute() and (base / v).exists() else v)  # noqa: E731
+    return {"dataset": str(data["dataset"]), "mine": resolve(str(data["mine"])),
+            "triplets": resolve(str(data["triplets"])) if data.get("triplets") else None,
+            "output": data.get("output"), "fixed": {str(k).replace("-", "_"): v for k, v in fixed.items()},
+            "grid": grid}
+
+
+def grid_points(grid: dict) -> list[dict]:
+    """Every combination of the grid's values, in file order (the first option varies slowest)."""
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def split_options(options: dict) -> tuple[dict, dict, dict]:
+    """``(TrainArgs fields, DPOArgs fields, training-argument fields)`` of one point's options."""
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    from dpo_retrieval.training.args import DPOArgs, TrainArgs
+
+    own = {f.name for f in dataclasses.fields(TrainArgs)}
+    dpo = {f.name for f in dataclasses.fields(DPOArgs)}
+    hf = {f.name for f in dataclasses.fields(SentenceTransformerTrainingArguments)}
+    reserved = {"triplets", "output_dir", "resume", "corpus", "queries"}
+    unknown = sorted(k for k in options if k in reserved or k not in own | dpo | hf)
+    if unknown:
+        raise UserInputError(f"grid: unknown or reserved option {', '.join(map(repr, unknown))} (options are the "
+                             "fields of TrainArgs, DPOArgs and SentenceTransformerTrainingArguments)")
+    return ({k: v for k, v in options.items() if k in own}, {k: v for k, v in options.items() if k in dpo},
+            {k: v for k, v in options.items() if k in hf and k not in own | dpo})
+
+
+def _train_point(options: dict, triplets: Path, out: Path, args: SweepArgs, base_key: str):
+    """Train one point (or find it trained); returns ``(model dir, training stage hash, seconds)``."""
+    from dpo_retrieval.training import train
+    from dpo_retrieval.training.args import DPOArgs, TrainArgs, training_arguments
+
+    own, dpo, hf = split_options(options)
+    inputs = TrainArgs(triplets=str(triplets), **{"precision": args.precision, "device": args.device, **own}).check()
+    dpo_args = DPOArgs(**dpo).resolved()
+    targs = training_arguments(str(out / "model"), **{"logging_steps": 1, "save_steps": 50, "disable_tqdm": True, **hf})
+    stage = Stage(out / "train.stage.json", {"base": base_key, "triplets": _file_digest(triplets),
+                                             "options": options})
+    if not stage.done():
+        resume = stage.started_same() and (out / "model" / "checkpoints").is_dir()
+        if (out / "model").exists() and not resume:
+            import shutil
+
+            shutil.rmtree(out / "model")
+        stage.start()
+        train(dataclasses.replace(inputs, resume=resume), targs, dpo_args)
+        summary = json.loads((out / "model" / "train_summary.json").read_text())
+        stage.finish(train_seconds=summary["train_seconds"], steps=summary["steps"])
+    return out / "model", stage.hash, stage.info().get("train_seconds")
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _spearman(pairs: list[tuple[float, float]]) -> dict | None:
+    if len(pairs) < 3:
+        return None
+    import math
+
+    from scipy.stats import spearmanr
+
+    fast, full = [a for a, _ in pairs], [b for _, b in pairs]
+    if len(set(fast)) < 2 or len(set(full)) < 2:
+        return {"spearman": None, "p_value": None, "points": len(pairs), "note": "constant scores: undefined"}
+    res = spearmanr(fast, full)
+    if not math.isfinite(float(res.statistic)):
+        return {"spearman": None, "p_value": None, "points": len(pairs), "note": "undefined"}
+    return {"spearman": round(float(res.statistic), 4), "p_value": round(float(res.pvalue), 6), "points": len(pairs)}
+
+
+# ----------------------------------------------------------------------------------------------
+def run_sweep(args: SweepArgs) -> dict:
+    """Train and dev-score every grid point (resumable); returns what ``OUTPUT/sweep.json`` holds."""
+    from dpo_retrieval.data.beir import load_beir
+    from dpo_retrieval.data.triplets import load_triplets
+    from dpo_retrieval.evaluation.metrics import evaluate_run, per_query_metrics, report_metrics
+    from dpo_retrieval.experiment.compare import _read_qids
+    from dpo_retrieval.experiment.fast_dev import candidate_pool, score_pool
+    from dpo_retrieval.mining import subset_queries
+    from dpo_retrieval.models import load_model
+    from dpo_retrieval.retrieval.cache import model_id
+
+    args = args.check()
+    spec = read_grid(args.grid)
+    out = Path(args.output or spec["output"] or "")
+    if not str(out) or str(out) == ".":
+        raise UserInputError("output: required (in the grid file or as an option)")
+    mine = Path(spec["mine"])
+    triplets = Path(spec["triplets"]) if spec["triplets"] else mine / "triplets.jsonl"
+    dev_qids = _read_qids(mine / "dev_qrels.tsv")
+    if not triplets.is_file():
+        raise UserInputError.at(triplets, None, "no such triplet file")
+    if not dev_qids:
+        raise UserInputError.at(mine / "dev_qrels.tsv", None, "no dev queries (mine with a dev fraction > 0)")
+    points = [{**spec["fixed"], **p} for p in grid_points(spec["grid"])]
+    for options in points:  # every point's options are checked before anything is trained
+        split_options(options)
+    load_triplets(str(triplets))
+    dev = subset_queries(load_beir(spec["dataset"], "train"), dev_qids)
+    model_name = spec["fixed"].get("model")
+    base_key = model_id(model_name, memo_file=None)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # the fast dev pool: each dev query's top fast_depth under the base model, plus its judged documents
+    pool_file = out / f"fast_dev_pool_{args.fast_depth}.json"
+    pool_stage = Stage(pool_file.with_suffix(".stage.json"), {"base": base_key, "dev": sorted(dev_qids),
+                                                               "depth": args.fast_depth,
+                                                               "max_seq_length": args.eval_max_seq_length})
+    if pool_stage.done() and pool_file.exists():
+        pool = json.loads(pool_file.read_text())
+    else:
+        base = load_model(model_name, device=args.device, max_seq_length=args.eval_max_seq_length)
+        pool_stage.start()
+        pool = candidate_pool(base, dev, args.fast_depth, batch_size=args.eval_batch_size,
+                              precision=args.precision)
+        write_json(pool, pool_file)
+        pool_stage.finish(docs=len({d for c in pool.values() for d in c}))
+        del base
+    pool_docs = len({d for c in pool.values() for d in c})
+    logger.info("fast dev: %d queries re-rank %d pooled documents (of %d)", len(pool), pool_docs, len(dev.doc_ids))
+
+    results_file = out / "sweep.json"
+    previous = json.loads(results_file.read_text()).get("points", []) if results_file.exists() else []
+    rows = {r["id"]: r for r in previous}
+    summary = {"grid": spec, "sweep": dataclasses.asdict(args), "dev_queries": len(dev_qids),
+               "fast_pool_docs": pool_docs, "corpus_docs": len(dev.doc_ids), "points": []}
+    for i, options in enumerate(points, 1):
+        pid = fingerprint({"options": options, "triplets": str(triplets)})
+        model_dir, train_hash, train_s = _train_point(options, triplets, out / "points" / pid, args, base_key)
+        row = rows.get(pid) or {}
+        if row.get("train_hash") != train_hash:
+            row = {}
+        row.update({"id": pid, "options": options, "train_hash": train_hash, "train_seconds": train_s})
+        need_full = args.full_dev and "full_dev" not in row
+        if "fast_dev" not in row or need_full:
+            model = load_model(str(model_dir), device=args.device, max_seq_length=args.eval_max_seq_length)
+            if "fast_dev" not in row:
+                t0 = time.perf_counter()
+                run = score_pool(model, dev, pool, batch_size=args.eval_batch_size, precision=args.precision)
+                row["fast_dev"] = report_metrics(evaluate_run(dev.qrels, run))
+                row["fast_dev_per_query_ndcg@10"] = {q: m["ndcg@10"] for q, m in
+                                                     per_query_metrics(dev.qrels, run).items()}
+                row["fast_dev_seconds"] = round(time.perf_counter() - t0, 2)
+            if need_full:
+                from dpo_retrieval.evaluation.evaluate import evaluate_model
+
+                t0 = time.perf_counter()
+                res = evaluate_model(model, dev, top_k=1000, batch_size=args.eval_batch_size,
+                                     precision=args.precision, include_run=False, show_progress_bar=False,
+                                     model_name=str(model_dir), model_key=train_hash)
+                row["full_dev"] = res["metrics"]
+                row["full_dev_seconds"] = round(time.perf_counter() - t0, 2)
+            del model
+        rows[pid] = row
+        summary["points"] = [rows[p] for p in rows]
+        pairs = [(r["fast_dev"]["ndcg@10"], r["full_dev"]["ndcg@10"]) for r in summary["points"]
+                 if "fast_dev" in r and "full_dev" in r]
+        summary["agreement_ndcg@10"] = _spearman(pairs)
+        write_json(summary, results_file)
+        logger.info("[sweep %d/%d] %s: fast dev nDCG@10 %.4f%s", i, len(points), options,
+                    row["fast_dev"]["ndcg@10"],
+                    f", full dev {row['full_dev']['ndcg@10']:.4f}" if "full_dev" in row else "")
+    scored = [r for r in summary["points"] if r["options"] in points]
+    key = "full_dev" if args.full_dev else "fast_dev"
+    summary["best"] = max(scored, key=lambda r: r[key]["ndcg@10"])["options"] if scored else None
+    write_json(summary, results_file)
+    return summary

@@ -1,0 +1,85 @@
+"""`sweep`: a grid trained on the same triplets, scored on dev only, resumable; the fast dev score."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dpo_retrieval.cli import main
+from dpo_retrieval.errors import UserInputError
+from dpo_retrieval.experiment.sweep import SweepArgs, grid_points, read_grid, run_sweep
+from test_compare import write_tiny_beir
+
+
+@pytest.fixture(scope="module")
+def mined(tmp_path_factory, tiny_model_path):
+    root = tmp_path_factory.mktemp("mined")
+    data = write_tiny_beir(root / "tiny")
+    out = root / "mine"
+    assert main(["--quiet", "mine", "--dataset", str(data), "--output", str(out), "--model", tiny_model_path,
+                 "--rank-window", "2-12", "--dev-fraction", "0.3", "--max-seq-length", "32",
+                 "--precision", "fp32"]) == 0
+    return data, out
+
+
+def _grid(tmp_path, data, mine, tiny_model_path, **grid) -> Path:
+    spec = {"dataset": str(data), "mine": str(mine), "output": str(tmp_path / "sweep"),
+            "fixed": {"model": tiny_model_path, "loss": "dpo", "max_seq_length": 32, "per_device_train_batch_size": 4,
+                      "max_steps": 2, "dropout": "off"},
+            "grid": grid}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_grid_points_are_the_product_in_file_order():
+    assert grid_points({"beta": [1, 2], "learning_rate": [0.1, 0.2]}) == [
+        {"beta": 1, "learning_rate": 0.1}, {"beta": 1, "learning_rate": 0.2},
+        {"beta": 2, "learning_rate": 0.1}, {"beta": 2, "learning_rate": 0.2}]
+
+
+def test_sweep_scores_dev_only_and_resumes(tmp_path, tiny_model_path, mined):
+    data, mine = mined
+    grid = _grid(tmp_path, data, mine, tiny_model_path, beta=[0.5, 2.0, 8.0], learning_rate=[1e-3])
+    # fast_depth >= the corpus: every query's pool is the whole corpus, so fast dev = full dev exactly
+    summary = run_sweep(SweepArgs(grid=str(grid), fast_depth=100, full_dev=True, eval_max_seq_length=32,
+                                  precision="fp32"))
+    saved = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert saved["points"] == summary["points"] and len(summary["points"]) == 3
+    dev_qids = {line.split("\t")[0] for line in (mine / "dev_qrels.tsv").read_text().splitlines()[1:]}
+    for row in summary["points"]:
+        assert set(row["fast_dev_per_query_ndcg@10"]) == dev_qids  # dev queries only, never test
+        assert row["fast_dev"]["ndcg@10"] == pytest.approx(row["full_dev"]["ndcg@10"], abs=1e-9)
+    assert {r["options"]["beta"] for r in summary["points"]} == {0.5, 2.0, 8.0}
+    assert summary["agreement_ndcg@10"]["points"] == 3
+    assert summary["best"] in [r["options"] for r in summary["points"]]
+
+    markers = sorted((tmp_path / "sweep" / "points").glob("*/train.stage.json"))
+    mtimes = [m.stat().st_mtime_ns for m in markers]
+    again = run_sweep(SweepArgs(grid=str(grid), fast_depth=100, full_dev=True, eval_max_seq_length=32,
+                                precision="fp32"))
+    assert [m.stat().st_mtime_ns for m in markers] == mtimes  # nothing retrained
+    assert [r["fast_dev"] for r in again["points"]] == [r["fast_dev"] for r in summary["points"]]
+
+
+def test_fast_pool_is_smaller_than_the_corpus(tmp_path, tiny_model_path, mined):
+    data, mine = mined
+    grid = _grid(tmp_path, data, mine, tiny_model_path, beta=[1.0])
+    summary = run_sweep(SweepArgs(grid=str(grid), fast_depth=2, eval_max_seq_length=32, precision="fp32"))
+    assert summary["fast_pool_docs"] < summary["corpus_docs"]
+    assert "full_dev" not in summary["points"][0] and summary["agreement_ndcg@10"] is None
+
+
+def test_bad_grid_fails_before_training(tmp_path, tiny_model_path, mined):
+    data, mine = mined
+    grid = _grid(tmp_path, data, mine, tiny_model_path, betta=[1.0])
+    with pytest.raises(UserInputError, match="unknown or reserved option 'betta'"):
+        run_sweep(SweepArgs(grid=str(grid)))
+    assert not (tmp_path / "sweep").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: x\ngrid: {beta: [1]}\n")
+    with pytest.raises(UserInputError, match="mine: required"):
+        read_grid(bad)
