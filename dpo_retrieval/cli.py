@@ -50,6 +50,15 @@ COMMANDS = {
                 "write report.json, report.md and PNG plots with paired significance tests. Each stage is cached "
                 "under --output and skipped when its inputs are unchanged, so an interrupted run resumes. "
                 "--preset sets the training budget; options override it."),
+    "sweep": ("train a grid of options on the same triplets and score each on the dev split (never test)",
+              "dpo-retrieval sweep GRID.yaml: every combination of the grid file's `grid:` values (over `fixed:`), "
+              "trained on the triplets of a `mine` directory and scored on its dev queries; a fast score re-ranks "
+              "each dev query's base top --fast-depth plus its judged documents, --full-dev also scores full "
+              "retrieval and the Spearman agreement of the two. Results are appended to OUTPUT/sweep.json as "
+              "they come; a re-run resumes."),
+    "merge": ("WiSE-FT: interpolate a fine-tuned model's weights with its base's",
+              "dpo-retrieval merge --alpha A BASE FINETUNED OUTPUT saves (1-A)*base + A*finetuned as a "
+              "sentence-transformers model (Wortsman et al. 2022); both must share the architecture."),
 }
 CONFIG_NOTE = (" A first argument ending in .yaml, .yml or .json is a config file of field: value pairs; flags "
                "override it. Dash and underscore spellings of every option work.")
@@ -88,9 +97,22 @@ def _spec(name: str):
         from dpo_retrieval.retrieval.args import EncodeArgs
 
         return (MineJobArgs, EncodeArgs, MineArgs), [], _rank_window_flag
+    if name == "sweep":
+        from dpo_retrieval.experiment.sweep import SweepArgs
+
+        return (SweepArgs,), [], None
+    if name == "merge":
+        from dpo_retrieval.training.merge import MergeArgs
+
+        return (MergeArgs,), [], _merge_paths
     from dpo_retrieval.experiment.compare import CompareArgs
 
     return (CompareArgs,), [], _rank_window_flag
+
+
+def _merge_paths(parser) -> None:
+    parser.add_argument("paths", nargs="*", metavar="BASE FINETUNED OUTPUT",
+                        help="the three models as positional arguments (or --base, --finetuned, --output)")
 
 
 def command_parser(name: str, config: dict | None = None):
@@ -127,6 +149,11 @@ def parse_command(name: str, argv: list[str], config: dict | None = None, *, des
         dests.update(parser.dests())
     check_config_keys(parser)
     namespace = parser.parse_args(argv)
+    paths = vars(namespace).pop("paths", None)
+    if paths:
+        if len(paths) != 3:
+            raise UserInputError(f"merge: expected three paths, BASE FINETUNED OUTPUT; got {len(paths)}")
+        namespace.base, namespace.finetuned, namespace.output = paths
     text = vars(namespace).pop("rank_window", None)
     if text is not None:
         try:
@@ -230,8 +257,25 @@ def _run_compare(opts: list, quiet: bool) -> None:
     logger.info("wrote %s, %s and %d plots", out["report_json"], out["report_md"], len(out["plots"]))
 
 
+def _run_sweep(opts: list, quiet: bool) -> None:
+    from dpo_retrieval.experiment.sweep import run_sweep
+
+    (args,) = opts
+    summary = run_sweep(args)
+    logger.info("%d points scored; best on dev: %s; agreement of fast and full dev: %s",
+                len(summary["points"]), summary["best"], summary.get("agreement_ndcg@10"))
+
+
+def _run_merge(opts: list, quiet: bool) -> None:
+    from dpo_retrieval.training.merge import merge_models
+
+    (args,) = opts
+    out = merge_models(args.base, args.finetuned, args.output, args.alpha, trust_remote_code=args.trust_remote_code)
+    logger.info("saved the merged model (alpha %g) to %s", args.alpha, out)
+
+
 RUNNERS = {"index": _run_index, "search": _run_search, "evaluate": _run_evaluate, "mine": _run_mine,
-           "compare": _run_compare}
+           "compare": _run_compare, "sweep": _run_sweep, "merge": _run_merge}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     dests: set[str] = set()  # the command's fields: a library error naming one shows its flag
     try:
+        if args.command == "sweep" and rest and not rest[0].startswith("-"):
+            rest = ["--grid", *rest]  # the grid file is the sweep's positional argument, not a config file
         config, rest = split_config(rest)
         if args.command == "train":
             run_train(rest, config, quiet=args.quiet, dests=dests)

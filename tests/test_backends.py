@@ -60,7 +60,7 @@ def test_onnx_refuses_bf16_and_a_gpu_device(tiny_model_path, cache):
         encode_texts(model, TEXTS, precision="bf16")
     torch_model = load_model(tiny_model_path, device="cpu")
     torch_model.to("meta")  # stands in for a model on a GPU: onnx is refused, auto stays on torch
-    with pytest.raises(UserInputError, match="--backend onnx: runs on CPU"):
+    with pytest.raises(UserInputError, match="backend: onnx runs on CPU"):
         backends.apply_backend(torch_model, "onnx")
 
 
@@ -166,7 +166,7 @@ def test_missing_onnxruntime_is_one_clean_line(tiny_model_path, cache, monkeypat
     assert main(["--quiet", "index", "--corpus", str(corpus), "--output", str(tmp_path / "idx"), "--model", tiny_model_path,
                  "--backend", "onnx"]) == 2
     line = capsys.readouterr().err.strip()
-    assert line.startswith("dpo-retrieval index: error: --backend onnx:") and "dpo-retrieval[onnx]" in line
+    assert line.startswith("dpo-retrieval index: error: --backend:") and "dpo-retrieval[onnx]" in line
     assert "\n" not in line and not (tmp_path / "idx").exists()
 
 

@@ -385,3 +385,36 @@ def test_compare_runs_averages_each_runs_seeds(tmp_path):
     assert (row["model"], row["eval_set"], row["seeds_a"], row["seeds_b"]) == ("dpo", "tiny", [7, 42], [42])
     assert row["mean_a"] == pytest.approx((0.3 + 0.5 + 0.6) / 3) and row["mean_b"] == pytest.approx(1 / 3)
     assert row["n_queries"] == 3 and row["p_holm"] == pytest.approx(row["p_ttest"])
+
+
+def test_stage_key_holds_only_the_options_a_loss_reads():
+    from dpo_retrieval.experiment.compare import loss_settings
+    from dpo_retrieval.training import DPOArgs
+
+    dpo = DPOArgs().resolved()
+    assert "beta" not in loss_settings("contrastive", dpo) and "mnrl_weight" not in loss_settings("contrastive", dpo)
+    assert "dropout" in loss_settings("contrastive", dpo)
+    assert {"beta", "sdpo_gamma"} <= set(loss_settings("sdpo", dpo)) and "mnrl_weight" not in loss_settings("sdpo", dpo)
+    assert {"beta", "mnrl_weight", "hinge_margin"} <= set(loss_settings("dpo+mnrl", dpo))
+    assert "mini_batch_size" in loss_settings("cmnrl", dpo) and "beta" not in loss_settings("cmnrl", dpo)
+
+
+def test_compare_wise_ft_evaluates_the_interpolated_model(tmp_path, tiny_model_path):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    data = write_tiny_beir(tmp_path / "tiny")
+    out = tmp_path / "run"
+    assert main(compare_args(tiny_model_path, data, out, "--losses", "contrastive", "--wise_ft", "0.5")) == 0
+    merged = out / "models" / "contrastive-wiseft0.5"
+    base = SentenceTransformer(tiny_model_path, device="cpu").state_dict()
+    tuned = SentenceTransformer(str(out / "models" / "contrastive"), device="cpu").state_dict()
+    mixed = SentenceTransformer(str(merged), device="cpu").state_dict()
+    name = next(k for k, v in tuned.items() if v.is_floating_point() and not torch.equal(v, base[k]))
+    assert torch.allclose(mixed[name], (base[name] + tuned[name]) / 2, atol=1e-6)
+    report = json.loads((out / "report.json").read_text())
+    assert [r["model"] for r in report["datasets"]["tiny"]["rows"]] == ["base", "contrastive", "contrastive-wiseft0.5"]
+    assert (out / "eval" / "contrastive-wiseft0.5" / "tiny.json").exists()
+    stamp = (merged / "model.safetensors").stat().st_mtime_ns
+    assert main(compare_args(tiny_model_path, data, out, "--losses", "contrastive", "--wise_ft", "0.5")) == 0
+    assert (merged / "model.safetensors").stat().st_mtime_ns == stamp  # the merge stage is skipped

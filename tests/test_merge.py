@@ -98,3 +98,27 @@ def test_bad_alpha_existing_output_and_failed_save_leave_nothing(tmp_path, tiny_
         merge_models(tiny_model_path, finetuned_path, tmp_path / "failed", alpha=0.5)
     assert not (tmp_path / "failed").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_merge_command_positional_and_errors(tmp_path, tiny_model_path, capsys):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from dpo_retrieval.cli import main
+
+    tuned = SentenceTransformer(tiny_model_path, device="cpu")
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(0.5)
+    tuned.save(str(tmp_path / "tuned"))
+    assert main(["--quiet", "merge", "--alpha", "0.25", tiny_model_path, str(tmp_path / "tuned"),
+                 str(tmp_path / "out")]) == 0
+    base = SentenceTransformer(tiny_model_path, device="cpu").state_dict()
+    merged = SentenceTransformer(str(tmp_path / "out"), device="cpu").state_dict()
+    name = next(k for k, v in base.items() if v.is_floating_point())
+    assert torch.allclose(merged[name], base[name] + 0.25 * 0.5, atol=1e-6)
+    assert main(["--quiet", "merge", tiny_model_path, str(tmp_path / "tuned")]) == 2
+    assert "expected three paths" in capsys.readouterr().err
+    assert main(["--quiet", "merge", "--alpha", "1.5", tiny_model_path, str(tmp_path / "tuned"),
+                 str(tmp_path / "out2")]) == 2
+    assert "--alpha" in capsys.readouterr().err and not (tmp_path / "out2").exists()

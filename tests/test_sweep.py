@@ -83,3 +83,14 @@ def test_bad_grid_fails_before_training(tmp_path, tiny_model_path, mined):
     bad.write_text("dataset: x\ngrid: {beta: [1]}\n")
     with pytest.raises(UserInputError, match="mine: required"):
         read_grid(bad)
+
+
+def test_sweep_command_takes_the_grid_file(tmp_path, tiny_model_path, mined, capsys):
+    data, mine = mined
+    grid = _grid(tmp_path, data, mine, tiny_model_path, beta=[1.0])
+    assert main(["--quiet", "sweep", str(grid), "--fast-depth", "3", "--eval_max_seq_length", "32",
+                 "--precision", "fp32"]) == 0
+    saved = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert len(saved["points"]) == 1 and saved["sweep"]["fast_depth"] == 3
+    assert main(["--quiet", "sweep", str(grid), "--fast-depth", "0"]) == 2
+    assert "--fast-depth: must be > 0" in capsys.readouterr().err

@@ -128,7 +128,7 @@ def test_bad_eval_inputs_fail_before_the_model_loads(tmp_path, tiny_model_path, 
     (no_dev / "qrels" / "dev.tsv").rename(no_dev / "qrels" / "test.tsv")
     (tmp_path / "bad.tsv").write_text("query-id\tcorpus-id\tscore\nq0\tnope\t1\n")
     cases = [
-        ((), "eval_strategy: steps needs something to evaluate"),
+        ((), "--eval-strategy: steps needs something to evaluate"),
         (("--eval_data", str(no_dev)), "--eval-qrels: " + str(no_dev) + " has no qrels/dev.tsv"),
         (("--eval_data", str(beir), "--eval_qrels", str(tmp_path / "bad.tsv")),
          "--eval-qrels: " + str(tmp_path / "bad.tsv") + ":2: corpus-id 'nope' is not in the corpus"),
@@ -154,5 +154,5 @@ def test_an_unknown_best_model_metric_is_refused_before_training(tmp_path, tiny_
                      "--eval_strategy", "steps", "--save-steps", "1", "--eval_steps", "1", "--load_best_model_at_end",
                      "--metric_for_best_model", "ndcg", "--eval_data", str(write_beir(tmp_path / "beir")))) == 2
     err = capsys.readouterr().err
-    assert "metric_for_best_model: 'ndcg' is not logged by this run's evaluation" in err and NDCG in err
+    assert "--metric-for-best-model: 'ndcg' is not logged by this run's evaluation" in err and NDCG in err
     assert not out.exists()

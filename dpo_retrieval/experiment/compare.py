@@ -48,6 +48,17 @@ PRESETS = {
 #: DPOArgs fields only the DPO loss reads (training.build_loss / train): left out of the other
 #: losses' stage keys, so a DPO-only change does not retrain contrastive or dpr.
 DPO_ONLY = ("beta", "scale", "policy", "loss_type", "label_smoothing", "reference_free", "reference", "reference_model")
+#: the loss-specific DPOArgs fields each loss reads (the rest, e.g. dropout, every loss reads): only these
+#: enter a loss's training stage key, so changing one loss's option retrains that loss only
+LOSS_FIELDS = {"dpo": DPO_ONLY + ("hinge_margin",), "dpo+mnrl": DPO_ONLY + ("hinge_margin", "mnrl_weight"),
+               "sdpo": DPO_ONLY + ("sdpo_gamma",), "cmnrl": ("mini_batch_size",)}
+_LOSS_SPECIFIC = {k for fields in LOSS_FIELDS.values() for k in fields}
+
+
+def loss_settings(loss: str, dpo: DPOArgs) -> dict:
+    """The DPOArgs values ``loss`` reads (what its training stage key holds)."""
+    own = set(LOSS_FIELDS.get(loss, ()))
+    return {k: v for k, v in dataclasses.asdict(dpo).items() if k not in _LOSS_SPECIFIC or k in own}
 METRIC_NAMES = {"ndcg@10": "NDCG@10", "recall@100": "Recall@100", "map@100": "MAP@100", "mrr@10": "MRR@10"}
 
 
@@ -85,6 +96,9 @@ class CompareArgs(ModelArgs):
     seeds: list[str] = field(default_factory=list, metadata={
         "help": "training seeds, comma- or space-separated: each loss trained once per seed (mining, the dev split and "
                 "the triplet subsample use --seed; include --seed to reuse an earlier run's models; default: --seed)"})
+    wise_ft: list[float] = field(default_factory=list, metadata={
+        "help": "WiSE-FT: also evaluate each trained model's weights interpolated with the base's, "
+                "(1-A)*base + A*trained, for each A given (e.g. 0.5), as <loss>-wiseft<A>"})
     eval_batch_size: int = field(default=64, metadata={"help": "encoding batch size (mining and evaluation)"})
     top_k: int = field(default=1000, metadata={"help": "documents retrieved per query"})
     dpo: DPOArgs = field(default_factory=DPOArgs, metadata={"help": "the DPO loss (dropout: every loss)"})
@@ -115,6 +129,8 @@ class CompareArgs(ModelArgs):
             (self.warmup_steps >= 0, f"warmup_steps: must be >= 0, got {self.warmup_steps}"),
             (positive(self.eval_batch_size), f"eval_batch_size: must be > 0, got {self.eval_batch_size}"),
             (positive(self.top_k), f"top_k: must be > 0, got {self.top_k}"),
+            (all(0.0 < float(a) < 1.0 for a in self.wise_ft), f"wise_ft: each alpha in (0, 1), got {self.wise_ft}"),
+            (len(set(self.wise_ft)) == len(self.wise_ft), f"wise_ft: each alpha once, got {self.wise_ft}"),
         ])
         self.dpo.resolved()  # checks every DPO field
 
@@ -190,6 +206,7 @@ def run_compare(cfg: CompareArgs) -> dict:
     from dpo_retrieval.models import load_model, resolve_model_path
     from dpo_retrieval.retrieval.cache import corpus_digest, encoding_key, model_id, texts_digest
     from dpo_retrieval.training import train
+    from dpo_retrieval.training.merge import merge_models
 
     cfg, precision = check_options(cfg)
     seeds = training_seeds(cfg)
@@ -259,7 +276,7 @@ def run_compare(cfg: CompareArgs) -> dict:
             inputs, dpo, targs = _train_config(cfg, loss, out, train_file)
             targs.seed = train_seed  # the trainer's shuffling, dropout and init; mining keeps cfg.seed
             settings = {**{k: v for k, v in dataclasses.asdict(inputs).items() if k not in ("triplets", "model")},
-                        **{k: v for k, v in dataclasses.asdict(dpo).items() if loss == "dpo" or k not in DPO_ONLY},
+                        **loss_settings(loss, dpo),
                         **{k: getattr(targs, k) for k in TRAINING_KEY}}
             # the training texts are the data stage's (its hash covers the mined triplets' key)
             key = {"encoding": encoding_key(base_id, precision, data_stage.hash), "train": settings}
@@ -277,6 +294,17 @@ def run_compare(cfg: CompareArgs) -> dict:
                 summary = json.loads((out / "train_summary.json").read_text())
                 stage.finish(train_seconds=summary["train_seconds"], steps=summary["steps"])
             train_times[name] = stage.info().get("train_seconds")
+            for alpha in cfg.wise_ft:  # WiSE-FT: the trained weights interpolated with the base's
+                merged = wise_ft_name(name, alpha)
+                mstage = Stage(run / "models" / f"{merged}.stage.json", {"base": base_id, "trained": stage.hash,
+                                                                           "alpha": alpha})
+                if not (mstage.done() and (run / "models" / merged).is_dir()):
+                    shutil.rmtree(run / "models" / merged, ignore_errors=True)
+                    mstage.start()
+                    merge_models(base_path, out, run / "models" / merged, alpha,
+                                 trust_remote_code=cfg.trust_remote_code)
+                    mstage.finish()
+                model_stages[merged], model_dirs[merged] = mstage.hash, str(run / "models" / merged)
 
     # 4. evaluate -------------------------------------------------------------------------------
     dev_qids = _read_qids(mine_dir / "dev_qrels.tsv")
@@ -313,7 +341,9 @@ def run_compare(cfg: CompareArgs) -> dict:
     for ds_run in dataset_runs.values():  # one report model per loss, its seeds inside (averaged over)
         per_name = ds_run["models"]
         ds_run["models"] = {"base": per_name["base"], **{
-            loss: {"seeds": {k: per_name[seed_model_name(loss, k, cfg.seed)] for k in seeds}} for loss in cfg.losses}}
+            wise_ft_name(loss, a): {"seeds": {k: per_name[wise_ft_name(seed_model_name(loss, k, cfg.seed), a)]
+                                              for k in seeds}}
+            for loss in cfg.losses for a in (None, *cfg.wise_ft)}}
 
     # 5. report -------------------------------------------------------------------------------
     logs = {name: _read_log(run / "models" / name / "train_log.jsonl") for name in model_dirs if name != "base"}
@@ -321,6 +351,11 @@ def run_compare(cfg: CompareArgs) -> dict:
                "config": {**dataclasses.asdict(cfg), "seeds": list(seeds),
                           "wall_time_s": round(time.perf_counter() - started, 1)}}
     return write_report(results, run, seed=cfg.seed)
+
+
+def wise_ft_name(name: str, alpha: float | None) -> str:
+    """``<model>-wiseft<alpha>`` (``name`` itself for None)."""
+    return name if alpha is None else f"{name}-wiseft{alpha:g}"
 
 
 def _seed(text: str):

@@ -39,7 +39,7 @@ BACKENDS = ("auto", "torch", "onnx")
 
 def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
-        raise UserInputError(f"--backend: unknown value {backend!r}; choose auto, torch or onnx")
+        raise UserInputError(f"backend: unknown value {backend!r}; choose auto, torch or onnx")
     return backend
 
 
@@ -50,8 +50,8 @@ def apply_backend(model, backend: str = "torch"):
         return model
     if backend == "onnx":
         if torch.device(model.device).type != "cpu":
-            raise UserInputError(f"--backend onnx: runs on CPU; the model is on {model.device} (use --device cpu "
-                                 "or --backend torch)")
+            raise UserInputError(f"backend: onnx runs on CPU; the model is on {model.device} (use device cpu "
+                                 "or backend torch)")
         return to_onnx(model)
     return to_onnx(model) if resolve_backend("auto", model) == "onnx" else model
 

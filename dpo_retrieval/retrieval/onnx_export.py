@@ -51,7 +51,7 @@ def onnx_available() -> bool:
     return True
 
 
-def require_onnx(option: str = "--backend onnx") -> None:
+def require_onnx(option: str = "backend") -> None:
     if not onnx_available():
         raise UserInputError(f"{option}: onnxruntime and onnx are not installed; {INSTALL_HINT}")
 
@@ -235,7 +235,7 @@ def ensure_export(hf_model, level: str = DEFAULT_LEVEL) -> Path:
     except UserInputError:
         raise
     except Exception as err:
-        raise UserInputError(f"--backend onnx: exporting the model to ONNX failed: "
+        raise UserInputError(f"backend: exporting the model to ONNX failed: "
                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -260,7 +260,7 @@ def to_onnx(model, level: str = DEFAULT_LEVEL):
     require_onnx()
     why = unsupported_reason(model)
     if why:
-        raise UserInputError(f"--backend onnx: cannot run this model on ONNX Runtime: {why}")
+        raise UserInputError(f"backend: cannot run this model on ONNX Runtime: {why}")
     for module, _torch_model, onnx_model in onnx_swaps(model, level):
         module.model = onnx_model
     return model

@@ -61,7 +61,7 @@ def check_eval_args(cfg, args) -> None:
 
 def _as_field(name: str, err: UserInputError) -> UserInputError:
     message = str(err)
-    for prefix in ("--dataset: ", "--corpus: ", "--queries: "):
+    for prefix in ("dataset: ", "corpus: ", "queries: "):
         message = message.removeprefix(prefix)
     return UserInputError(f"{name}: {message}")
 

@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +20,23 @@ import torch
 from dpo_retrieval.errors import UserInputError
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MergeArgs:
+    """``merge``: WiSE-FT weight interpolation of a fine-tuned model with its base."""
+
+    base: str | None = field(default=None, metadata={"help": "the starting model (name or directory)"})
+    finetuned: str | None = field(default=None, metadata={"help": "the fine-tuned model's directory"})
+    output: str | None = field(default=None, metadata={"help": "new directory for the merged model"})
+    alpha: float = field(default=0.5, metadata={
+        "help": "the fine-tuned model's weight in [0, 1]: (1-alpha)*base + alpha*finetuned"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow a model's own Python code to run"})
+
+    def __post_init__(self) -> None:
+        for name in ("base", "finetuned", "output"):
+            if not getattr(self, name):
+                raise UserInputError(f"{name}: required (the base, the fine-tuned model and the output directory)")
 
 
 def _architecture(model) -> list[str]:
@@ -73,7 +91,7 @@ def merge_models(base: str | Path, finetuned: str | Path, out: str | Path, alpha
         raise UserInputError(f"alpha: must be a number in [0, 1], got {alpha}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserInputError(f"out: {out} already exists and is not an empty directory")
+        raise UserInputError(f"output: {out} already exists and is not an empty directory")
     base_model = load_model(str(base), device="cpu", trust_remote_code=trust_remote_code)
     ft_model = load_model(str(finetuned), device="cpu", trust_remote_code=trust_remote_code)
     if _architecture(base_model) != _architecture(ft_model):

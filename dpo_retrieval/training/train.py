@@ -101,7 +101,7 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
     if output.exists() and not output.is_dir():
         raise UserInputError(f"output_dir: {output} exists and is not a directory")
     if output.exists() and any(output.iterdir()) and not cfg.resume:
-        raise UserInputError(f"output_dir: {output} already exists and is not empty; pass --resume to continue "
+        raise UserInputError(f"output_dir: {output} already exists and is not empty; resume to continue "
                              "its training or choose a new directory")
     if cfg.resume and resume_from is None and (output / "modules.json").exists():
         raise UserInputError(f"resume: {output} holds a finished model and no checkpoint to resume")
@@ -195,8 +195,8 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
     try:
         result = trainer.train(resume_from_checkpoint=resume_from)
     except NonFiniteError as err:
-        raise UserInputError(f"training stopped: {err}; nothing was saved (try a lower --lr, "
-                             "--precision fp32, or --on-nonfinite skip)") from err
+        raise UserInputError(f"training stopped: {err}; nothing was saved (try a lower learning_rate, "
+                             "precision fp32, or on_nonfinite skip)") from err
     seconds = time.perf_counter() - start
     save_model_atomically(model, output)
     summary = {
