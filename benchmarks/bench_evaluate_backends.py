@@ -49,6 +49,9 @@ def main(argv=None) -> None:
                          "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
                          "metrics": res["metrics"], "timings": res["timings"]})
             print(f"{backend} -> {rows[-1]['resolved']}: {wall:.1f} s, nDCG@10 {rows[-1]['ndcg@10']:.4f}", flush=True)
+            # partial results after every row: a run killed later (or on a machine that got busy) keeps its rows
+            write_result("bench_evaluate_backends" + (f".{args.tag}" if args.tag else "") + ".partial", {
+                "dataset": args.dataset, "split": "test", "rows": rows}, quick=False)
     base = next((r for r in rows if r["backend"] == "torch"), None)
     if base:
         for r in rows:
