@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 
 
-def candidate_pool(base, dev, depth: int, *, batch_size: int = 64, precision: str = "auto") -> dict[str, list[str]]:
-    """``{qid: doc ids}``: each dev query's ``depth`` best documents under ``base`` plus its judged ones."""
+def candidate_pool(base, dev, depth: int, *, batch_size: int = 64, precision: str = "auto",
+                   embeddings_cache=None, model_key: str | None = None) -> dict[str, list[str]]:
+    """``{qid: doc ids}``: each dev query's ``depth`` best documents under ``base`` plus its judged ones
+    (the base's corpus embeddings kept in ``embeddings_cache``, so another depth costs no re-encoding)."""
     from dpo_retrieval.retrieval.search import search_dataset
 
     run = search_dataset(base, dev, min(depth, len(dev.doc_ids)), batch_size=batch_size, precision=precision,
-                         show_progress_bar=False)["run"]
+                         show_progress_bar=False, embeddings_cache=embeddings_cache, model_key=model_key)["run"]
     return {q: sorted(set(run.get(q, {})) | set(dev.qrels.get(q, {}))) for q in dev.queries}
 
 
