@@ -69,7 +69,7 @@ def _names(value) -> list[str]:
 
 
 @dataclass(kw_only=True)
-class CompareArgs(ModelArgs, ScoringArgs):
+class CompareArgs(ScoringArgs, ModelArgs):
     """``compare``: the whole experiment. The DPO options are :class:`DPOArgs`, the mining options
     :class:`MineArgs` (its seed is this seed); the training budget has the training arguments' names and
     defaults from the preset where None. Checked when made; errors name the field."""
@@ -104,7 +104,7 @@ class CompareArgs(ModelArgs, ScoringArgs):
     show_progress_bar: bool = field(default=True, metadata={"help": "progress bars while encoding and training"})
 
     def __post_init__(self) -> None:
-        super().__post_init__()  # ModelArgs'
+        ModelArgs.__post_init__(self)
         ScoringArgs.__post_init__(self)
         self.losses, self.eval_datasets = _names(self.losses), _names(self.eval_datasets)
         self.seeds = [_seed(s) for s in _names([str(x) for x in ([self.seeds] if isinstance(self.seeds, (str, int))

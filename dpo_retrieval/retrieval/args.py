@@ -46,14 +46,18 @@ class RemoteCodeArgs:
 
 
 @dataclass(kw_only=True)
-class BaseModelArgs(RemoteCodeArgs, DeviceArgs):
-    """The model, where it runs and at what precision: what ``train`` and the encoding commands share
-    (:class:`~dpo_retrieval.training.args.TrainArgs` builds on it; :class:`ModelArgs` adds the backend)."""
-
+class _ModelName:
     model: str | None = field(default=None, metadata={
         "help": "sentence-transformers model name or directory (default: the packaged all-MiniLM-L6-v2, loaded "
                 "offline; train: the starting model; search, and evaluate with an index: the model recorded in "
                 "the index, another model is refused unless it produces the same embeddings)"})
+
+
+@dataclass(kw_only=True)
+class BaseModelArgs(RemoteCodeArgs, DeviceArgs, _ModelName):
+    """The model, where it runs and at what precision: what ``train`` and the encoding commands share
+    (:class:`~dpo_retrieval.training.args.TrainArgs` builds on it; :class:`ModelArgs` adds the backend).
+    Fields in this order: model, device, precision, trust_remote_code."""
 
 
 @dataclass(kw_only=True)
