@@ -36,19 +36,21 @@ COMMANDS = {
                "and pytrec_eval read; or JSONL)."),
     "evaluate": ("score a model on a BEIR dataset (nDCG, MAP, Recall, MRR)",
                  "Encode a BEIR split's corpus and queries, search with a FAISS index (exact by default), and score "
-                 "the run with BEIR's EvaluateRetrieval (pytrec_eval): nDCG@1/3/5/10/100, MAP@100, "
+                 "the run in one pytrec_eval pass (means as BEIR computes them): nDCG@1/3/5/10/100, MAP@100, "
                  "Recall@10/100/1000, MRR@10, with per-query scores and timings in the JSON."),
     "mine": ("mine training triplets (hard negatives) from a BEIR train split",
              "Positives are qrels with score > 0; hard negatives come from a rank window of the base model (FAISS) "
              "or BM25, never a judged document. A train query whose text is a test query's (when the dataset has a "
              "test split) or a dev query's is dropped. Writes triplets.jsonl, train_qrels.tsv, dev_qrels.tsv "
              "(held-out train queries) and mining.json to --output."),
-    "compare": ("mine triplets, train DPO and contrastive from one base, evaluate on BEIR, report",
+    "compare": ("mine triplets, train DPO and other losses from one base, evaluate on BEIR, report",
                 "The whole experiment in one command: mine triplets from the dataset's train split, train every "
-                "--losses entry from the same base on the same triplets and budget, evaluate the base and each "
-                "model on the test split (plus a dev split held out from train, and any --eval-datasets), and "
-                "write report.json, report.md and PNG plots with paired significance tests. Each stage is cached "
-                "under --output and skipped when its inputs are unchanged, so an interrupted run resumes. "
+                "--losses entry (dpo, contrastive, dpr, cmnrl, dpo+mnrl, sdpo; default dpo and contrastive), "
+                "once per --seeds entry, from the same base on the same triplets and budget (--wise-ft: also its "
+                "WiSE-FT interpolations with the base), evaluate the base and each model on the test split (plus a "
+                "dev split held out from train, and any --eval-datasets), and write report.json, report.md and PNG "
+                "plots with paired significance tests. Each stage is cached under --output and skipped when its "
+                "inputs are unchanged, so an interrupted run resumes. "
                 "--preset sets the training budget; options override it."),
     "sweep": ("train a grid of options on the same triplets and score each on the dev split (never test)",
               "dpo-retrieval sweep GRID.yaml: every combination of the grid file's `grid:` values (over `fixed:`), "

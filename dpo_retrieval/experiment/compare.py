@@ -30,7 +30,7 @@ from dpo_retrieval._io import write_json
 from dpo_retrieval.errors import UserInputError, positive, require
 from dpo_retrieval.experiment.stages import Stage, _dataset_stamp, fingerprint  # noqa: F401
 from dpo_retrieval.mining import MineArgs
-from dpo_retrieval.retrieval.args import ModelArgs
+from dpo_retrieval.retrieval.args import ModelArgs, ScoringArgs
 from dpo_retrieval.training.args import LOSSES, DPOArgs
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def _names(value) -> list[str]:
 
 
 @dataclass(kw_only=True)
-class CompareArgs(ModelArgs):
+class CompareArgs(ScoringArgs, ModelArgs):
     """``compare``: the whole experiment. The DPO options are :class:`DPOArgs`, the mining options
     :class:`MineArgs` (its seed is this seed); the training budget has the training arguments' names and
     defaults from the preset where None. Checked when made; errors name the field."""
@@ -77,7 +77,7 @@ class CompareArgs(ModelArgs):
     dataset: str = field(metadata={"help": "BEIR dataset with train and test splits (name or path)"})
     output: str = field(metadata={"help": "run directory"})
     losses: list[str] = field(default_factory=lambda: ["dpo", "contrastive"], metadata={
-        "help": "losses to train, space- or comma-separated: dpo, contrastive, dpr"})
+        "help": "losses to train, space- or comma-separated: " + ", ".join(LOSSES) + " (see train --help, --loss)"})
     eval_datasets: list[str] = field(default_factory=list, metadata={
         "help": "extra BEIR test sets for out-of-domain retention, e.g. dbpedia-entity-5k"})
     preset: Literal["quick", "full"] = field(default="quick", metadata={
@@ -86,7 +86,6 @@ class CompareArgs(ModelArgs):
     max_triplets: int | None = field(default=None, metadata={
         "help": "train on a seeded subsample of this many triplets"})
     train_max_seq_length: int | None = field(default=None, metadata={"help": "tokens per text in training"})
-    eval_max_seq_length: int = field(default=256, metadata={"help": "tokens per text in mining and evaluation"})
     num_train_epochs: float | None = field(default=None, metadata={"help": "training epochs (default: the preset's)"})
     per_device_train_batch_size: int | None = field(default=None, metadata={
         "help": "triplets per training batch (default: the preset's)"})
@@ -99,14 +98,14 @@ class CompareArgs(ModelArgs):
     wise_ft: list[float] = field(default_factory=list, metadata={
         "help": "WiSE-FT: also evaluate each trained model's weights interpolated with the base's, "
                 "(1-A)*base + A*trained, for each A given (e.g. 0.5), as <loss>-wiseft<A>"})
-    eval_batch_size: int = field(default=64, metadata={"help": "encoding batch size (mining and evaluation)"})
     top_k: int = field(default=1000, metadata={"help": "documents retrieved per query"})
     dpo: DPOArgs = field(default_factory=DPOArgs, metadata={"help": "the DPO loss (dropout: every loss)"})
     mining: MineArgs = field(default_factory=MineArgs, metadata={"help": "mining settings"})
     show_progress_bar: bool = field(default=True, metadata={"help": "progress bars while encoding and training"})
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        ModelArgs.__post_init__(self)
+        ScoringArgs.__post_init__(self)
         self.losses, self.eval_datasets = _names(self.losses), _names(self.eval_datasets)
         self.seeds = [_seed(s) for s in _names([str(x) for x in ([self.seeds] if isinstance(self.seeds, (str, int))
                                                                    else self.seeds)])]
@@ -119,7 +118,6 @@ class CompareArgs(ModelArgs):
             (positive(self.max_triplets, optional=True), f"max_triplets: must be > 0, got {self.max_triplets}"),
             (positive(self.train_max_seq_length, optional=True),
              f"train_max_seq_length: must be > 0, got {self.train_max_seq_length}"),
-            (positive(self.eval_max_seq_length), f"eval_max_seq_length: must be > 0, got {self.eval_max_seq_length}"),
             (positive(self.num_train_epochs, optional=True),
              f"num_train_epochs: must be a finite number > 0, got {self.num_train_epochs}"),
             (positive(self.per_device_train_batch_size, optional=True),
@@ -127,7 +125,6 @@ class CompareArgs(ModelArgs):
             (positive(self.learning_rate, optional=True),
              f"learning_rate: must be a finite number > 0, got {self.learning_rate}"),
             (self.warmup_steps >= 0, f"warmup_steps: must be >= 0, got {self.warmup_steps}"),
-            (positive(self.eval_batch_size), f"eval_batch_size: must be > 0, got {self.eval_batch_size}"),
             (positive(self.top_k), f"top_k: must be > 0, got {self.top_k}"),
             (all(0.0 < float(a) < 1.0 for a in self.wise_ft), f"wise_ft: each alpha in (0, 1), got {self.wise_ft}"),
             (len(set(self.wise_ft)) == len(self.wise_ft), f"wise_ft: each alpha once, got {self.wise_ft}"),

@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dpo_retrieval._io import write_json
-from dpo_retrieval.errors import UserInputError
+from dpo_retrieval.errors import UserInputError, positive, require
 from dpo_retrieval.experiment.stages import Stage, fingerprint
+from dpo_retrieval.retrieval.args import DeviceArgs, ScoringArgs
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ GRID_KEYS = ("dataset", "mine", "triplets", "output", "fixed", "grid")
 
 
 @dataclass
-class SweepArgs:
-    """The sweep's own options; what is trained is the grid file's."""
+class SweepArgs(ScoringArgs, DeviceArgs):
+    """The sweep's own options; what is trained is the grid file's. Checked when made (errors name the field)."""
 
     grid: str = field(metadata={"help": "grid file (.yaml/.yml/.json): dataset, mine, triplets, output, fixed, grid"})
     output: str | None = field(default=None, metadata={"help": "sweep directory (default: the grid file's output)"})
@@ -54,18 +55,15 @@ class SweepArgs:
     full_dev: bool = field(default=False, metadata={
         "help": "also score full dev retrieval for every point, and report the fast score's Spearman agreement "
                 "with it over the grid"})
-    eval_max_seq_length: int = field(default=256, metadata={"help": "tokens per text when scoring"})
-    eval_batch_size: int = field(default=64, metadata={"help": "texts per forward pass when scoring"})
-    precision: str = field(default="auto", metadata={"help": "training and encoding precision: auto, fp32, bf16, fp16"})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, mps or auto"})
+
+    def __post_init__(self) -> None:
+        DeviceArgs.__post_init__(self)
+        ScoringArgs.__post_init__(self)
+        require([(positive(self.fast_depth), f"fast_depth: must be > 0, got {self.fast_depth}")])
 
     def check(self) -> "SweepArgs":
-        for ok, message in ((self.fast_depth > 0, f"fast_depth: must be > 0, got {self.fast_depth}"),
-                            (self.eval_max_seq_length > 0,
-                             f"eval_max_seq_length: must be > 0, got {self.eval_max_seq_length}"),
-                            (self.eval_batch_size > 0, f"eval_batch_size: must be > 0, got {self.eval_batch_size}")):
-            if not ok:
-                raise UserInputError(message)
+        """Checks again (a field may have been set since) and returns self."""
+        self.__post_init__()
         return self
 
 

@@ -150,8 +150,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
     out += [
         "## Legend", "",
-        "- Metrics are BEIR's (pytrec_eval) means over the test queries: nDCG@10, Recall@100, "
-        "MAP@100, MRR@10. Times: training and evaluation wall-clock (— = not applicable).",
+        "- Metrics come from one pytrec_eval pass, averaged over the test queries as BEIR averages them: "
+        "nDCG@10, Recall@100, MAP@100, MRR@10. Times: training and evaluation wall-clock (— = not applicable).",
         "- Several training seeds: each trained model's metric is the mean over its seeds ± the sample "
         "standard deviation (n − 1); its per-query scores are averaged over the seeds before every paired "
         "test, CI and harm rate (mining and the training triplets are the same for every seed).",

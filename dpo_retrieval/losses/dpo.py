@@ -149,6 +149,18 @@ def _dpo_loss(policy_pos, policy_neg, ref_pos, ref_neg, *, beta, scale, policy, 
     return losses, chosen_rewards, rejected_rewards
 
 
+#: the BibTeX of DPO (the model card cites it for dpo and sdpo)
+DPO_CITATION = """
+@inproceedings{rafailov2023direct,
+    title={Direct Preference Optimization: Your Language Model is Secretly a Reward Model},
+    author={Rafael Rafailov and Archit Sharma and Eric Mitchell and Stefano Ermon and Christopher D. Manning and Chelsea Finn},
+    booktitle={Advances in Neural Information Processing Systems},
+    year={2023},
+    url={https://arxiv.org/abs/2305.18290},
+}
+"""
+
+
 class DPOLoss(nn.Module):
     def __init__(
         self,
@@ -327,12 +339,4 @@ class DPOLoss(nn.Module):
 
     @property
     def citation(self) -> str:
-        return """
-@inproceedings{rafailov2023direct,
-    title={Direct Preference Optimization: Your Language Model is Secretly a Reward Model},
-    author={Rafael Rafailov and Archit Sharma and Eric Mitchell and Stefano Ermon and Christopher D. Manning and Chelsea Finn},
-    booktitle={Advances in Neural Information Processing Systems},
-    year={2023},
-    url={https://arxiv.org/abs/2305.18290},
-}
-"""
+        return DPO_CITATION

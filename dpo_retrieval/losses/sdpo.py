@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dpo_retrieval.losses.dpo import policy_defaults
+from dpo_retrieval.losses.dpo import DPO_CITATION, policy_defaults
 from dpo_retrieval.losses.scores import _float32, float32_math, in_batch_scores, model_similarity
 
 
@@ -132,12 +132,4 @@ class SDPOLoss(nn.Module):
 
     @property
     def citation(self) -> str:
-        return """
-@inproceedings{rafailov2023direct,
-    title={Direct Preference Optimization: Your Language Model is Secretly a Reward Model},
-    author={Rafael Rafailov and Archit Sharma and Eric Mitchell and Stefano Ermon and Christopher D. Manning and Chelsea Finn},
-    booktitle={Advances in Neural Information Processing Systems},
-    year={2023},
-    url={https://arxiv.org/abs/2305.18290},
-}
-"""
+        return DPO_CITATION

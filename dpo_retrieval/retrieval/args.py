@@ -1,6 +1,8 @@
 """Options of encoding and of the retrieval commands, each declared once (a dataclass field with its help):
 
-* :class:`ModelArgs`: which model, where, at what precision and through which backend;
+* :class:`DeviceArgs` (device, precision), :class:`RemoteCodeArgs` and :class:`BaseModelArgs` (those and the
+  model), which training shares; :class:`ModelArgs`: the same plus the encoding backend;
+* :class:`ScoringArgs`: how ``compare`` and ``sweep`` encode when they mine and score;
 * :class:`EncodeArgs`: the same plus batch size and max length (``index``, ``search``, ``evaluate``, ``mine``);
 * :class:`IndexArgs`: what ``index`` reads and writes; :class:`SearchArgs`: what ``search`` does.
 
@@ -21,19 +23,47 @@ BACKENDS = ("auto", "torch", "onnx")
 
 
 @dataclass(kw_only=True)
-class ModelArgs:
-    """The model and how it runs."""
+class DeviceArgs:
+    """Where models run and at what precision (every command that trains or encodes; ``sweep`` too)."""
 
-    model: str | None = field(default=None, metadata={
-        "help": "sentence-transformers model name or directory (default: the packaged all-MiniLM-L6-v2, loaded "
-                "offline; search, and evaluate with an index: the model recorded in the index; another model is "
-                "refused unless it produces the same embeddings)"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or mps; auto picks cuda > mps > cpu"})
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
+        "help": "auto = bf16 on GPUs with bf16 and on CPUs where a bf16 matmul measures faster than fp32, fp16 on "
+                "older GPUs, else fp32; training sets the training arguments' bf16/fp16 (mixed precision), "
+                "encoding runs under autocast and its embeddings are float32 either way"})
+
+    def __post_init__(self) -> None:
+        require([(self.precision in PRECISIONS,
+                  f"precision: unknown value {self.precision!r}; choose auto, fp32, bf16 or fp16")])
+
+
+@dataclass(kw_only=True)
+class RemoteCodeArgs:
+    """Whether a model's own code may run (every command that loads a model; ``merge`` too)."""
+
     trust_remote_code: bool = field(default=False, metadata={
         "help": "allow a model's own Python code to run when loading it"})
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
-        "help": "auto = bf16 autocast on GPUs with bf16 and on CPUs where a bf16 matmul measures faster than fp32, "
-                "fp16 AMP on older GPUs, else fp32; embeddings are float32 either way (compare: training too)"})
+
+
+@dataclass(kw_only=True)
+class _ModelName:
+    model: str | None = field(default=None, metadata={
+        "help": "sentence-transformers model name or directory (default: the packaged all-MiniLM-L6-v2, loaded "
+                "offline; train: the starting model; search, and evaluate with an index: the model recorded in "
+                "the index, another model is refused unless it produces the same embeddings)"})
+
+
+@dataclass(kw_only=True)
+class BaseModelArgs(RemoteCodeArgs, DeviceArgs, _ModelName):
+    """The model, where it runs and at what precision: what ``train`` and the encoding commands share
+    (:class:`~dpo_retrieval.training.args.TrainArgs` builds on it; :class:`ModelArgs` adds the backend).
+    Fields in this order: model, device, precision, trust_remote_code."""
+
+
+@dataclass(kw_only=True)
+class ModelArgs(BaseModelArgs):
+    """The model and how it runs, plus the encoding backend (training always runs torch)."""
+
     backend: Literal["auto", "torch", "onnx"] = field(default="auto", metadata={
         "help": "encoding backend: torch (PyTorch), onnx (the transformer exported once to ONNX, graph-optimised "
                 "at O2, cached under ~/.cache/dpo_retrieval/onnx, run by ONNX Runtime on CPU; needs the [onnx] "
@@ -41,10 +71,21 @@ class ModelArgs:
                 "else torch; training always runs torch"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        require([(self.backend in BACKENDS, f"backend: unknown value {self.backend!r}; choose auto, torch or onnx")])
+
+
+@dataclass(kw_only=True)
+class ScoringArgs:
+    """How ``compare`` and ``sweep`` encode when they mine and score (training has its own max length)."""
+
+    eval_max_seq_length: int = field(default=256, metadata={"help": "tokens per text in mining and scoring"})
+    eval_batch_size: int = field(default=64, metadata={"help": "texts per forward pass in mining and scoring"})
+
+    def __post_init__(self) -> None:
         require([
-            (self.precision in PRECISIONS, f"precision: unknown value {self.precision!r}; choose auto, fp32, bf16 "
-                                           "or fp16"),
-            (self.backend in BACKENDS, f"backend: unknown value {self.backend!r}; choose auto, torch or onnx"),
+            (positive(self.eval_max_seq_length), f"eval_max_seq_length: must be > 0, got {self.eval_max_seq_length}"),
+            (positive(self.eval_batch_size), f"eval_batch_size: must be > 0, got {self.eval_batch_size}"),
         ])
 
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Literal
 
-from dpo_retrieval.errors import UserInputError
+from dpo_retrieval.errors import positive, require
 from dpo_retrieval.losses import policy_defaults
+from dpo_retrieval.retrieval.args import BaseModelArgs
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformerTrainingArguments
@@ -38,19 +39,11 @@ TRAINING_DEFAULTS = {
 }
 
 
-def _check(checks) -> None:
-    for ok, message in checks:
-        if not ok:
-            raise UserInputError(message)
-
-
-def _positive(value) -> bool:
-    return value is not None and value > 0 and math.isfinite(value)
-
-
 @dataclass
-class TrainArgs:
-    """What to train and where; the rest is :class:`DPOArgs` and the training arguments."""
+class TrainArgs(BaseModelArgs):
+    """What to train and where (model, device, precision and trust_remote_code come from
+    :class:`~dpo_retrieval.retrieval.args.BaseModelArgs`, shared with the encoding commands); the rest is
+    :class:`DPOArgs` and the training arguments."""
 
     triplets: str = field(metadata={"help": "triplet file: .jsonl/.json (query/positive/negative or negatives:[...]; "
                                             "FlagEmbedding query/pos/neg; Tevatron positive_passages/negative_passages; "
@@ -60,8 +53,6 @@ class TrainArgs:
                                             "--corpus/--queries"})
     corpus: str | None = field(default=None, metadata={"help": "BEIR corpus.jsonl to resolve id triplets"})
     queries: str | None = field(default=None, metadata={"help": "BEIR queries.jsonl to resolve id triplets"})
-    model: str | None = field(default=None, metadata={"help": "starting sentence-transformers model name or directory "
-                                                              "(default: the packaged all-MiniLM-L6-v2, offline)"})
     loss: Literal["dpo", "contrastive", "dpr", "cmnrl", "dpo+mnrl", "sdpo"] = field(default="dpo", metadata={
         "help": "dpo: the DPO loss against a frozen reference; contrastive: MultipleNegativesRankingLoss (cosine, "
                 "scale 20, in-batch + hard negatives); dpr: the same with dot product and scale 1; cmnrl: the "
@@ -69,12 +60,7 @@ class TrainArgs:
                 "--mini-batch-size; dpo+mnrl: mnrl_weight*contrastive + (1-mnrl_weight)*dpo; sdpo: softmax DPO over "
                 "the batch, -log softmax_j(beta*scale*(s_j - sdpo_gamma*s_ref_j))[positive]"})
     max_seq_length: int = field(default=256, metadata={"help": "tokens per text"})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or mps; auto picks cuda > mps > cpu"})
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
-        "help": "auto: bf16 on GPUs that support it and on CPUs where a bf16 matmul measures faster than "
-                "fp32, fp16 AMP on older GPUs, else fp32 (sets the training arguments' bf16/fp16)"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in the output directory"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow a model's own Python code to run"})
     eval_data: str | None = field(default=None, metadata={
         "help": "BEIR dataset (name or directory) whose dev queries are scored against its corpus during training "
                 "(with --eval_strategy steps/epoch) by sentence-transformers' InformationRetrievalEvaluator; "
@@ -92,9 +78,8 @@ class TrainArgs:
         "help": "the least change of metric_for_best_model that counts as an improvement for early stopping"})
 
     def check(self) -> "TrainArgs":
-        _check([
+        require([
             (self.loss in LOSSES, f"loss: unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}"),
-            (self.precision in ("auto", "fp32", "bf16", "fp16"), f"precision: unknown {self.precision!r}"),
             (self.max_seq_length > 0, f"max_seq_length: must be > 0, got {self.max_seq_length}"),
             (self.early_stopping_patience is None or self.early_stopping_patience > 0,
              f"early_stopping_patience: must be > 0, got {self.early_stopping_patience}"),
@@ -149,17 +134,17 @@ class DPOArgs:
         """Check every field and fill the policy-dependent beta and scale (raises UserInputError)."""
         from dpo_retrieval.losses import POLICY_DEFAULTS
 
-        _check([
+        require([
             (self.policy in POLICY_DEFAULTS, f"policy: unknown policy {self.policy!r}; choose linear or sigmoid"),
             (self.loss_type in ("sigmoid", "ipo", "hinge"),
              f"loss_type: unknown {self.loss_type!r}; choose sigmoid, ipo or hinge"),
             (self.reference in ("precomputed", "online"), "reference: choose precomputed or online"),
             (self.on_nonfinite in ("stop", "skip"), "on_nonfinite: choose stop or skip"),
             (self.dropout in ("on", "off"), f"dropout: choose on or off, got {self.dropout!r}"),
-            (self.beta is None or _positive(self.beta), f"beta: must be a finite number > 0, got {self.beta}"),
-            (self.scale is None or _positive(self.scale), f"scale: must be a finite number > 0, got {self.scale}"),
+            (positive(self.beta, optional=True), f"beta: must be a finite number > 0, got {self.beta}"),
+            (positive(self.scale, optional=True), f"scale: must be a finite number > 0, got {self.scale}"),
             (0.0 <= self.label_smoothing < 0.5, f"label_smoothing: must be in [0, 0.5), got {self.label_smoothing}"),
-            (_positive(self.hinge_margin), f"hinge_margin: must be a finite number > 0, got {self.hinge_margin}"),
+            (positive(self.hinge_margin), f"hinge_margin: must be a finite number > 0, got {self.hinge_margin}"),
             (0.0 <= self.mnrl_weight <= 1.0, f"mnrl_weight: must be in [0, 1], got {self.mnrl_weight}"),
             (0.0 <= self.sdpo_gamma <= 1.0, f"sdpo_gamma: must be in [0, 1], got {self.sdpo_gamma}"),
             (isinstance(self.mini_batch_size, int) and self.mini_batch_size > 0,
@@ -170,7 +155,7 @@ class DPOArgs:
 
     def check_loss(self, loss: str) -> "DPOArgs":
         """The checks that depend on the loss (raises UserInputError); returns self."""
-        _check([(loss != "sdpo" or self.policy == "linear",
+        require([(loss != "sdpo" or self.policy == "linear",
                  "policy: sdpo is a softmax over beta*scale*s (the linear policy); drop policy sigmoid")])
         return self
 
@@ -191,12 +176,12 @@ def training_arguments(output_dir: str, **overrides) -> "SentenceTransformerTrai
 
 def check_training_arguments(args: "SentenceTransformerTrainingArguments") -> None:
     """The checks sentence-transformers leaves to the trainer (raises UserInputError naming the field)."""
-    _check([
+    require([
         (args.output_dir, "output_dir: required (the directory for the model, train_log.jsonl and checkpoints)"),
         (args.per_device_train_batch_size > 0,
          f"per_device_train_batch_size: must be > 0, got {args.per_device_train_batch_size}"),
-        (_positive(args.num_train_epochs), f"num_train_epochs: must be a finite number > 0, got {args.num_train_epochs}"),
-        (_positive(args.learning_rate), f"learning_rate: must be a finite number > 0, got {args.learning_rate}"),
+        (positive(args.num_train_epochs), f"num_train_epochs: must be a finite number > 0, got {args.num_train_epochs}"),
+        (positive(args.learning_rate), f"learning_rate: must be a finite number > 0, got {args.learning_rate}"),
         (args.warmup_steps >= 0, f"warmup_steps: must be >= 0, got {args.warmup_steps}"),
         (args.gradient_accumulation_steps > 0,
          f"gradient_accumulation_steps: must be > 0, got {args.gradient_accumulation_steps}"),

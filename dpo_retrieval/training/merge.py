@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 
 from dpo_retrieval.errors import UserInputError
+from dpo_retrieval.retrieval.args import RemoteCodeArgs
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class MergeArgs:
+class MergeArgs(RemoteCodeArgs):
     """``merge``: WiSE-FT weight interpolation of a fine-tuned model with its base."""
 
     base: str | None = field(default=None, metadata={"help": "the starting model (name or directory)"})
@@ -31,7 +32,6 @@ class MergeArgs:
     output: str | None = field(default=None, metadata={"help": "new directory for the merged model"})
     alpha: float = field(default=0.5, metadata={
         "help": "the fine-tuned model's weight in [0, 1]: (1-alpha)*base + alpha*finetuned"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow a model's own Python code to run"})
 
     def __post_init__(self) -> None:
         for name in ("base", "finetuned", "output"):
