@@ -44,14 +44,27 @@ def run_from_arrays(qids, scores: np.ndarray, ids: np.ndarray) -> dict[str, dict
 def index_corpus(model, output: str | os.PathLike, *, corpus: str | os.PathLike | None = None,
                  dataset: str | None = None, factory: str = "Flat", batch_size: int = DEFAULT_BATCH_SIZE,
                  precision: str = "auto", chunk_size: int | None = None, keep_embeddings: bool = False,
-                 model_name: str | None = None, overwrite: bool = True, show_progress_bar: bool | None = None):
-    """Stream a corpus file (or a BEIR dataset's) into an index directory; returns the FaissIndex."""
+                 model_name: str | None = None, overwrite: bool = True, show_progress_bar: bool | None = None,
+                 shard: str | None = None):
+    """Stream a corpus file (or a BEIR dataset's) into an index directory; returns the FaissIndex.
+
+    ``shard`` ``"i/n"`` (default under torchrun: ``RANK/WORLD_SIZE``) encodes only the i-th slice and
+    merges once all are there (:mod:`dpo_retrieval.retrieval.shards`); a process that only wrote its
+    shard returns ``None``.
+    """
     from dpo_retrieval.retrieval.build import DEFAULT_CHUNK_SIZE, build_index_on_disk
+    from dpo_retrieval.retrieval.shards import index_sharded, resolve_shard
 
     path = corpus_file(corpus=corpus, dataset=dataset)
     count = count_records(path)
     if count == 0:
         raise UserInputError.at(path, None, "empty corpus")
+    sharded = resolve_shard(shard)
+    if sharded is not None:
+        return index_sharded(model, path, output, *sharded, count=count, keep_embeddings=keep_embeddings,
+                             overwrite=overwrite, factory=factory, batch_size=batch_size, precision=precision,
+                             chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, model_name=model_name,
+                             show_progress_bar=show_progress_bar)
     docs = ((doc_id, join_title_text(title, text), title) for doc_id, title, text in iter_corpus(path))
     return build_index_on_disk(model, docs, output, count=count, factory=factory, batch_size=batch_size,
                                precision=precision, chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
