@@ -37,7 +37,8 @@ def vectors(index: FaissIndex) -> np.ndarray:
 
 def index_cmd(corpus: Path, out: Path, model: str, *extra: str) -> list[str]:
     return ["--quiet", "index", "--corpus", str(corpus), "--output", str(out), "--model", model,
-            "--device", "cpu", "--precision", "fp32", "--backend", "torch", "--max-seq-length", "64", "--batch-size", "4", "--chunk-size", "5", *extra]
+            "--device", "cpu", "--precision", "fp32", "--backend", "torch", "--max-seq-length", "64",
+            "--batch-size", "4", "--chunk-size", "5", *extra]
 
 
 def assert_same_index(merged: FaissIndex, single: FaissIndex, model) -> float:
