@@ -139,3 +139,53 @@ def test_torchrun_two_processes_equal_single_process(tmp_path, single, tiny_mode
     merged = FaissIndex.load(out)
     assert merged.meta["shards"] == 2
     assert_same_index(merged, one, tiny_model)
+
+
+def write_beir(root: Path) -> Path:
+    root.mkdir()
+    write_corpus(root / "corpus.jsonl")
+    with open(root / "queries.jsonl", "w", encoding="utf-8") as f:
+        for i, q in enumerate(QUERIES):
+            f.write(json.dumps({"_id": f"q{i}", "text": q}) + "\n")
+    (root / "qrels").mkdir()
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"q{i}\td{(5 * i + j) % 23:03d}\t1\n" for i in range(len(QUERIES)) for j in range(2)))
+    return root
+
+
+def read_run(path: Path) -> dict:
+    run: dict = {}
+    for line in path.read_text().splitlines():
+        qid, _, doc, rank, score, _ = line.split()
+        run.setdefault(qid, []).append((doc, float(score)))
+    return run
+
+
+@pytest.mark.skipif(not _has_gloo(), reason="torch.distributed with gloo is not available")
+def test_torchrun_evaluate_gathers_the_corpus_slices(tmp_path, tiny_model_path):
+    data = write_beir(tmp_path / "tiny")
+    flags = ["--model", tiny_model_path, "--device", "cpu", "--precision", "fp32", "--backend", "torch",
+             "--max-seq-length", "64", "--batch-size", "4", "--top-k", "10"]
+    assert main(["--quiet", "evaluate", "--dataset", str(data), "--output", str(tmp_path / "one.json"),
+                 "--run", str(tmp_path / "one.trec"), *flags]) == 0
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    # torchrun's own parser takes any later `--run...` for its --run-path, so the run file goes in a config
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(f"run: {tmp_path / 'two.trec'}\noutput: {tmp_path / 'two.json'}\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dpo_retrieval", "evaluate", str(cfg), "--dataset", str(data), *flags]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "rank 0/2: encoding documents 0..10 of 23" in log and "rank 1/2: encoding documents 11..22 of 23" in log
+    one, two = read_run(tmp_path / "one.trec"), read_run(tmp_path / "two.trec")
+    assert one.keys() == two.keys()
+    for qid in one:
+        assert [d for d, _ in one[qid]] == [d for d, _ in two[qid]]
+        np.testing.assert_allclose([s for _, s in one[qid]], [s for _, s in two[qid]], atol=1e-5)
+    m1 = json.loads((tmp_path / "one.json").read_text())
+    m2 = json.loads((tmp_path / "two.json").read_text())
+    assert m1.get("metrics") == m2.get("metrics")

@@ -88,10 +88,14 @@ def search_dataset(model, dataset: BeirDataset, top_k: int, *, batch_size: int =
     - ``model_key``: what identifies the model in that key (e.g. its training stage's hash); default
       :func:`model_id` of ``model_name`` or of the loaded weights.
 
+    Under torchrun (``WORLD_SIZE > 1``) each rank encodes a contiguous slice of the corpus and the
+    slices are gathered, so every rank searches the same full index
+    (:func:`~dpo_retrieval.retrieval.shards.encode_across_ranks`).
+
     Returns ``{"run", "index", "settings", "encoding_key" (None without a cache), "timings"}``.
     """
     from dpo_retrieval.retrieval.index import FaissIndex, build_from_embeddings, model_settings
-    from dpo_retrieval.retrieval.build import encode_corpus
+    from dpo_retrieval.retrieval.shards import encode_across_ranks
 
     if top_k <= 0:
         raise UserInputError(f"top_k: must be > 0, got {top_k}")
@@ -119,7 +123,7 @@ def search_dataset(model, dataset: BeirDataset, top_k: int, *, batch_size: int =
         emb = _load_cached_embeddings(cache, expect) if cache is not None else None
         t0 = time.perf_counter()
         if emb is None:
-            emb = encode_corpus(model, dataset.doc_texts(), count=len(doc_ids),
+            emb = encode_across_ranks(model, dataset.doc_texts(), count=len(doc_ids),
                                 normalize=settings["normalize_embeddings"], batch_size=batch_size,
                                 precision=precision, show_progress_bar=show_progress_bar)
             timings["encode_corpus_s"] = time.perf_counter() - t0

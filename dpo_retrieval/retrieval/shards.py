@@ -288,3 +288,48 @@ def _index_distributed(model, corpus, out: Path, i: int, n: int, *, count: int, 
     finally:
         if created:
             dist.destroy_process_group()
+
+
+_OWN_GROUP = False  # whether encode_across_ranks started the process group (then it may use it again)
+
+
+def encode_across_ranks(model, texts, *, count: int, **encode_kwargs) -> np.ndarray:
+    """All ``count`` document embeddings, in order; under torchrun (``WORLD_SIZE > 1``) each rank
+    encodes its contiguous slice and the slices are gathered (``all_gather``) so every rank holds all.
+
+    What ``evaluate`` and ``mine`` encode through (:func:`~dpo_retrieval.retrieval.search.search_dataset`);
+    a single process simply calls :func:`~dpo_retrieval.retrieval.build.encode_corpus`.
+    """
+    from dpo_retrieval.retrieval.build import encode_corpus
+
+    global _OWN_GROUP
+    sharded = resolve_shard(None)
+    if sharded is None or count < sharded[1]:
+        return encode_corpus(model, texts, count=count, **encode_kwargs)
+    import atexit
+
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized() and not _OWN_GROUP:
+        # a process group someone else runs (e.g. training, where maybe only rank 0 evaluates): a
+        # collective here could wait forever, so this rank encodes everything itself
+        return encode_corpus(model, texts, count=count, **encode_kwargs)
+    i, n, _ = sharded
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+        _OWN_GROUP = True
+        atexit.register(dist.destroy_process_group)
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None and getattr(getattr(model, "device", None), "type", None) == "cuda":
+        model.to(f"cuda:{int(local)}")
+    start, stop = _rows(i, n, count)
+    logger.info("rank %d/%d: encoding documents %d..%d of %d", i, n, start, stop - 1, count)
+    part = encode_corpus(model, islice(texts, start, stop), count=stop - start, **encode_kwargs)
+    longest = -(-count // n)
+    buf = torch.zeros((longest, part.shape[1]), dtype=torch.float32)
+    buf[:len(part)] = torch.from_numpy(np.ascontiguousarray(part))
+    gathered = [torch.empty_like(buf) for _ in range(n)]
+    dist.all_gather(gathered, buf)
+    return np.concatenate([g[:_rows(j, n, count)[1] - _rows(j, n, count)[0]].cpu().numpy()
+                           for j, g in enumerate(gathered)])
