@@ -183,8 +183,10 @@ def _run_index(opts: list, quiet: bool) -> None:
     model = _load_model(enc, enc.seq_length())
     index = index_corpus(model, args.output, corpus=corpus, factory=args.factory, batch_size=enc.batch_size,
                          precision=enc.precision, chunk_size=args.chunk_size, keep_embeddings=args.keep_embeddings,
-                         model_name=enc.model or DEFAULT_MODEL, overwrite=args.overwrite)
-    logger.info("indexed %d documents (%s, dim %d) into %s", index.count, index.factory, index.dimension, args.output)
+                         model_name=enc.model or DEFAULT_MODEL, overwrite=args.overwrite, shard=args.shard)
+    if index is not None:  # None: a shard written, another process merges
+        logger.info("indexed %d documents (%s, dim %d) into %s", index.count, index.factory, index.dimension,
+                    args.output)
 
 
 def _run_search(opts: list, quiet: bool) -> None:

@@ -130,10 +130,19 @@ class IndexArgs:
     keep_embeddings: bool = field(default=False, metadata={
         "help": "also keep the raw float32 document embeddings as embeddings.npy in the index directory"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing index directory at the output"})
+    shard: str | None = field(default=None, metadata={
+        "help": "i/n: encode only the i-th of n contiguous slices of the corpus (0-based) into OUTPUT.shards/; the "
+                "process that completes the last shard merges them into one index at OUTPUT, doc ids in corpus "
+                "order (default: RANK/WORLD_SIZE under torchrun with more than one process, where rank 0 merges "
+                "after a barrier; else no sharding)"})
 
     def __post_init__(self) -> None:
         require([_one_of(self, "corpus", "dataset"),
                  (positive(self.chunk_size), f"chunk_size: must be > 0, got {self.chunk_size}")])
+        if self.shard is not None:
+            from dpo_retrieval.retrieval.shards import parse_shard
+
+            parse_shard(self.shard)
 
 
 @dataclass

@@ -44,14 +44,27 @@ def run_from_arrays(qids, scores: np.ndarray, ids: np.ndarray) -> dict[str, dict
 def index_corpus(model, output: str | os.PathLike, *, corpus: str | os.PathLike | None = None,
                  dataset: str | None = None, factory: str = "Flat", batch_size: int = DEFAULT_BATCH_SIZE,
                  precision: str = "auto", chunk_size: int | None = None, keep_embeddings: bool = False,
-                 model_name: str | None = None, overwrite: bool = True, show_progress_bar: bool | None = None):
-    """Stream a corpus file (or a BEIR dataset's) into an index directory; returns the FaissIndex."""
+                 model_name: str | None = None, overwrite: bool = True, show_progress_bar: bool | None = None,
+                 shard: str | None = None):
+    """Stream a corpus file (or a BEIR dataset's) into an index directory; returns the FaissIndex.
+
+    ``shard`` ``"i/n"`` (default under torchrun: ``RANK/WORLD_SIZE``) encodes only the i-th slice and
+    merges once all are there (:mod:`dpo_retrieval.retrieval.shards`); a process that only wrote its
+    shard returns ``None``.
+    """
     from dpo_retrieval.retrieval.build import DEFAULT_CHUNK_SIZE, build_index_on_disk
+    from dpo_retrieval.retrieval.shards import index_sharded, resolve_shard
 
     path = corpus_file(corpus=corpus, dataset=dataset)
     count = count_records(path)
     if count == 0:
         raise UserInputError.at(path, None, "empty corpus")
+    sharded = resolve_shard(shard)
+    if sharded is not None:
+        return index_sharded(model, path, output, *sharded, count=count, keep_embeddings=keep_embeddings,
+                             overwrite=overwrite, factory=factory, batch_size=batch_size, precision=precision,
+                             chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, model_name=model_name,
+                             show_progress_bar=show_progress_bar)
     docs = ((doc_id, join_title_text(title, text), title) for doc_id, title, text in iter_corpus(path))
     return build_index_on_disk(model, docs, output, count=count, factory=factory, batch_size=batch_size,
                                precision=precision, chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
@@ -75,10 +88,14 @@ def search_dataset(model, dataset: BeirDataset, top_k: int, *, batch_size: int =
     - ``model_key``: what identifies the model in that key (e.g. its training stage's hash); default
       :func:`model_id` of ``model_name`` or of the loaded weights.
 
+    Under torchrun (``WORLD_SIZE > 1``) each rank encodes a contiguous slice of the corpus and the
+    slices are gathered, so every rank searches the same full index
+    (:func:`~dpo_retrieval.retrieval.shards.encode_across_ranks`).
+
     Returns ``{"run", "index", "settings", "encoding_key" (None without a cache), "timings"}``.
     """
     from dpo_retrieval.retrieval.index import FaissIndex, build_from_embeddings, model_settings
-    from dpo_retrieval.retrieval.build import encode_corpus
+    from dpo_retrieval.retrieval.shards import encode_across_ranks
 
     if top_k <= 0:
         raise UserInputError(f"top_k: must be > 0, got {top_k}")
@@ -106,7 +123,7 @@ def search_dataset(model, dataset: BeirDataset, top_k: int, *, batch_size: int =
         emb = _load_cached_embeddings(cache, expect) if cache is not None else None
         t0 = time.perf_counter()
         if emb is None:
-            emb = encode_corpus(model, dataset.doc_texts(), count=len(doc_ids),
+            emb = encode_across_ranks(model, dataset.doc_texts(), count=len(doc_ids),
                                 normalize=settings["normalize_embeddings"], batch_size=batch_size,
                                 precision=precision, show_progress_bar=show_progress_bar)
             timings["encode_corpus_s"] = time.perf_counter() - t0
