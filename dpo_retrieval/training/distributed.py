@@ -1,4 +1,4 @@
-"""torch.distributed as ``torchrun`` and ``accelerate launch`` set it up: the world size, rank 0, a barrier.
+"""torch.distributed as ``torchrun`` and ``accelerate launch`` set it up: the world size, a barrier, a gather.
 
 The trainer (through accelerate) initialises the process group; before it does, the launcher's
 environment (``WORLD_SIZE``, ``RANK``) tells the same. Without a launcher everything is one process.
@@ -22,15 +22,6 @@ def world_size() -> int:
 
         return dist.get_world_size()
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    """This process's global rank (0 without a launcher)."""
-    if _initialized():
-        import torch.distributed as dist
-
-        return dist.get_rank()
-    return int(os.environ.get("RANK", "0"))
 
 
 def barrier() -> None:

@@ -77,6 +77,7 @@ def add_reference_embeddings(dataset, reference_model, *, batch_size: int = 64, 
 
     dataset = _set_label(dataset, rows.tolist(), Array2D(shape=rows.shape[1:], dtype="float32"))
     stats = _stats(len(q_ids), d_ids.shape[1], len(q_emb) + len(d_emb), start)
+    stats["ranks"] = _split()[0]
     logger.info("reference embeddings: %d rows, %d distinct texts encoded in %.1fs",
                 stats["rows"], stats["texts_encoded"], stats["seconds"])
     return dataset, stats
