@@ -55,6 +55,7 @@ def add_reference_scores(dataset, reference_model, *, batch_size: int = 64, prec
     scores = candidate_scores(torch.from_numpy(q_emb[q_ids]), torch.from_numpy(d_emb[d_ids]), similarity).numpy()
     dataset = _set_label(dataset, scores.tolist())
     stats = _stats(len(q_ids), d_ids.shape[1], len(q_emb) + len(d_emb), start)
+    stats["ranks"] = _split()[0]
     logger.info("reference scores: %d rows, %d texts, %d distinct texts encoded in %.1fs",
                 stats["rows"], stats["texts"], stats["texts_encoded"], stats["seconds"])
     return dataset, stats
@@ -76,6 +77,7 @@ def add_reference_embeddings(dataset, reference_model, *, batch_size: int = 64, 
 
     dataset = _set_label(dataset, rows.tolist(), Array2D(shape=rows.shape[1:], dtype="float32"))
     stats = _stats(len(q_ids), d_ids.shape[1], len(q_emb) + len(d_emb), start)
+    stats["ranks"] = _split()[0]
     logger.info("reference embeddings: %d rows, %d distinct texts encoded in %.1fs",
                 stats["rows"], stats["texts_encoded"], stats["seconds"])
     return dataset, stats
@@ -97,17 +99,52 @@ def _encode_distinct(dataset, reference_model, batch_size, precision, show_progr
         for col in doc_cols
     ], axis=1)  # (rows, 1+k)
 
+    # Under torch.distributed each rank encodes every world-th distinct text; the pieces are gathered once.
+    world, rank = _split()
+    q_texts, d_texts = list(q_index)[rank::world], list(d_index)[rank::world]
     was_training = reference_model.training
     reference_model.eval()
     try:
         with torch.no_grad():
-            q_emb = encode_texts(reference_model, list(q_index), batch_size=batch_size, precision=precision,
-                                 task="query", show_progress_bar=show_progress_bar)
-            d_emb = encode_texts(reference_model, list(d_index), batch_size=batch_size, precision=precision,
-                                 task="document", show_progress_bar=show_progress_bar)
+            q_emb = _encode(encode_texts, reference_model, q_texts, batch_size, precision, "query", show_progress_bar)
+            d_emb = _encode(encode_texts, reference_model, d_texts, batch_size, precision, "document",
+                            show_progress_bar)
     finally:
         reference_model.train(was_training)
-    return np.asarray(q_emb, dtype=np.float32), q_ids, np.asarray(d_emb, dtype=np.float32), d_ids
+    if world > 1:
+        from dpo_retrieval.training.distributed import gather_objects
+
+        parts = gather_objects((q_emb, d_emb))
+        q_emb = _interleave([p[0] for p in parts], len(q_index))
+        d_emb = _interleave([p[1] for p in parts], len(d_index))
+    return q_emb, q_ids, d_emb, d_ids
+
+
+def _split() -> tuple[int, int]:
+    """(world size, rank) to split the reference's encoding over: torch.distributed's once it is set up
+    (the CLI's training arguments set it up), else (1, 0) and every rank encodes everything."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _encode(encode_texts, model, texts, batch_size, precision, task, show_progress_bar) -> np.ndarray | None:
+    if not texts:  # fewer distinct texts than ranks
+        return None
+    return np.asarray(encode_texts(model, texts, batch_size=batch_size, precision=precision, task=task,
+                                   show_progress_bar=show_progress_bar), dtype=np.float32)
+
+
+def _interleave(parts: list, n: int) -> np.ndarray:
+    """Rank r's rows are texts r, r+world, ...: put them back in order."""
+    dim = next(p.shape[1] for p in parts if p is not None)
+    out = np.empty((n, dim), dtype=np.float32)
+    for r, part in enumerate(parts):
+        if part is not None:
+            out[r::len(parts)] = part
+    return out
 
 
 def _set_label(dataset, values, feature=None):

@@ -16,6 +16,7 @@ from dpo_retrieval._io import write_json
 from dpo_retrieval.errors import UserInputError
 from dpo_retrieval.losses import DPOLoss, DPOMNRLLoss, SDPOLoss, cached_mnrl
 from dpo_retrieval.training.args import LOSSES, DPOArgs, TrainArgs, check_training_arguments
+from dpo_retrieval.training.distributed import barrier, world_size
 from dpo_retrieval.training.dev import (best_model_settings, build_evaluator, check_eval_args, early_stopping,
                                         eval_metric_names, load_dev_split, load_eval_triplets, primary_metric,
                                         strategy)
@@ -66,15 +67,17 @@ def build_loss(loss: str, model, dpo: DPOArgs | None = None, reference=None, ref
     if loss == "sdpo":  # reference_free drops the reference: gamma 0
         return SDPOLoss(model, beta=dpo.beta, scale=dpo.scale, gamma=0.0 if dpo.reference_free else dpo.sdpo_gamma,
                         reference=reference, reference_similarity=reference_similarity)
+    # under DDP the contrastive baselines score each query against every rank's passages, as one process would
+    gather = world_size() > 1
     if loss == "cmnrl":
-        return cached_mnrl(model, mini_batch_size=dpo.mini_batch_size)
+        return cached_mnrl(model, mini_batch_size=dpo.mini_batch_size, gather_across_devices=gather)
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.util import cos_sim, dot_score
 
     if loss == "contrastive":
-        return MultipleNegativesRankingLoss(model, scale=20.0, similarity_fct=cos_sim)
+        return MultipleNegativesRankingLoss(model, scale=20.0, similarity_fct=cos_sim, gather_across_devices=gather)
     if loss == "dpr":  # Karpukhin et al. 2020: dot product, no temperature
-        return MultipleNegativesRankingLoss(model, scale=1.0, similarity_fct=dot_score)
+        return MultipleNegativesRankingLoss(model, scale=1.0, similarity_fct=dot_score, gather_across_devices=gather)
     raise ValueError(f"Unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
 
 
@@ -83,7 +86,11 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
 
     ``args``: sentence-transformers' ``SentenceTransformerTrainingArguments`` (see
     :func:`~dpo_retrieval.training.args.training_arguments`); checkpoints go to ``output_dir/checkpoints``;
-    ``bf16``/``fp16``/``use_cpu`` follow ``cfg.precision`` and ``cfg.device``."""
+    ``bf16``/``fp16``/``use_cpu`` follow ``cfg.precision`` and ``cfg.device``.
+
+    Under ``torchrun``/``accelerate launch`` every rank reads the same data and runs the same checks (so bad
+    input fails on each alike) before any rank writes; the trainer shards the batches; rank 0 alone writes
+    the log, checkpoints, model and summary, and the others wait until it has saved."""
     from sentence_transformers.base.sampler import BatchSamplers
 
     from dpo_retrieval.data.triplets import load_triplets
@@ -182,6 +189,9 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
         )
     except ValueError as err:  # transformers' own checks of the combination (save and eval steps, ...)
         raise UserInputError(str(err).strip().splitlines()[0]) from None
+    if trainer_args.world_size > 1:  # (sets up the process group) every rank has checked before any writes
+        logger.info("rank %d of %d", trainer_args.process_index, trainer_args.world_size)
+        barrier()
     output.mkdir(parents=True, exist_ok=True)
     grad_guard = FiniteGradientCallback(dpo.on_nonfinite)
     trainer = PreferenceTrainer(
@@ -198,22 +208,29 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
         raise UserInputError(f"training stopped: {err}; nothing was saved (try a lower learning_rate, "
                              "precision fp32, or on_nonfinite skip)") from err
     seconds = time.perf_counter() - start
-    save_model_atomically(model, output)
-    summary = {
-        "config": {**dataclasses.asdict(cfg), **dataclasses.asdict(dpo),
-                   **{k: v for k, v in {**args.to_dict(), **best}.items() if k in TRAINING_SUMMARY}},
-        "device": device,
-        "precision": precision,
-        "steps": trainer.state.global_step,
-        "train_seconds": round(seconds, 3),
-        "seconds_per_step": round(seconds / max(1, trainer.state.global_step), 4),
-        "train_loss": result.training_loss,
-        "reference_precompute": ref_stats,
-        "skipped_batches": trainer.skipped_batches + grad_guard.skipped,
-        "scaler_skipped_steps": grad_guard.scaler_skipped,
-        "best_metric": trainer.state.best_metric,
-        "best_model_checkpoint": trainer.state.best_model_checkpoint,
-    }
-    write_json(summary, output / "train_summary.json", default=str)
+    if not trainer.is_world_process_zero():  # rank 0 saves; the others leave once it has
+        trainer.accelerator.wait_for_everyone()
+        return output
+    try:
+        save_model_atomically(model, output)
+        summary = {
+            "config": {**dataclasses.asdict(cfg), **dataclasses.asdict(dpo),
+                       **{k: v for k, v in {**args.to_dict(), **best}.items() if k in TRAINING_SUMMARY}},
+            "device": device,
+            "precision": precision,
+            "world_size": trainer_args.world_size,
+            "steps": trainer.state.global_step,
+            "train_seconds": round(seconds, 3),
+            "seconds_per_step": round(seconds / max(1, trainer.state.global_step), 4),
+            "train_loss": result.training_loss,
+            "reference_precompute": ref_stats,
+            "skipped_batches": trainer.skipped_batches + grad_guard.skipped,
+            "scaler_skipped_steps": grad_guard.scaler_skipped,
+            "best_metric": trainer.state.best_metric,
+            "best_model_checkpoint": trainer.state.best_model_checkpoint,
+        }
+        write_json(summary, output / "train_summary.json", default=str)
+    finally:  # the other ranks wait here, also when the save fails (rank 0 then raises)
+        trainer.accelerator.wait_for_everyone()
     logger.info("trained %d steps in %.1fs (%.2fs/step)", summary["steps"], seconds, summary["seconds_per_step"])
     return output

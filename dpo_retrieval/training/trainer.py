@@ -64,7 +64,9 @@ class PreferenceTrainer(SentenceTransformerTrainer):
         pop = getattr(self.loss, "pop_metrics", None)
         if pop is not None:  # each batch's metrics, to the training or the evaluation side
             self._loss_metrics[model.training].add(pop())
-        if model.training and not torch.isfinite(loss.detach()).all():
+        # Under DDP a skipped batch on one rank would leave the others waiting for its gradients: there a
+        # non-finite loss reaches the all-reduced gradients, which FiniteGradientCallback checks on every rank.
+        if model.training and self.args.world_size == 1 and not torch.isfinite(loss.detach()).all():
             step = self.state.global_step + 1
             if self.on_nonfinite == "stop":
                 raise NonFiniteError(f"non-finite loss ({loss.item()}) at step {step}")
@@ -80,12 +82,13 @@ class PreferenceTrainer(SentenceTransformerTrainer):
         self._loss_metrics[False].take()  # nothing left from an evaluation that failed midway
         output = super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
                                          ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-        output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in self._loss_metrics[False].take().items()})
+        metrics = _mean_across_ranks(self._loss_metrics[False].take(), self.args.world_size)
+        output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in metrics.items()})
         return output
 
     def log(self, logs, *args, **kwargs):
         if "loss" in logs:  # a training line
-            logs.update(self._loss_metrics[True].take())
+            logs.update(_mean_across_ranks(self._loss_metrics[True].take(), self.args.world_size))
         guards = [cb for cb in self.callback_handler.callbacks if isinstance(cb, FiniteGradientCallback)]
         skipped = self.skipped_batches + sum(cb.skipped for cb in guards)
         if skipped:  # non-finite losses and non-finite gradients alike
@@ -94,6 +97,17 @@ class PreferenceTrainer(SentenceTransformerTrainer):
         if scaler_skipped:  # fp16 overflows the loss scaler skipped (its business, not the guard's)
             logs["scaler_skipped_steps"] = scaler_skipped
         super().log(logs, *args, **kwargs)
+
+
+def _mean_across_ranks(metrics: dict[str, float], world: int) -> dict[str, float]:
+    """Under DDP, each metric averaged over the ranks that have it (every rank calls this: a collective)."""
+    if world <= 1:
+        return metrics
+    from dpo_retrieval.training.distributed import gather_objects
+
+    ranks = gather_objects(metrics)
+    keys = dict.fromkeys(k for m in ranks for k in m)
+    return {k: sum(m[k] for m in ranks if k in m) / sum(k in m for m in ranks) for k in keys}
 
 
 class _Means:
@@ -121,7 +135,8 @@ class JsonlLogCallback(TrainerCallback):
 
     The file is rewritten whole and atomically when training begins (a resumed run starts from its
     checkpoint's history, so the steps after it appear once) and when it ends; in between each new
-    entry is appended. Also makes sure the final step is logged, whatever ``logging_steps`` is.
+    entry is appended. Also makes sure the final step is logged, whatever ``logging_steps`` is. Under DDP
+    rank 0 alone writes (every rank keeps the same history).
     """
 
     def __init__(self, path: Path) -> None:
@@ -129,6 +144,8 @@ class JsonlLogCallback(TrainerCallback):
         self.written = 0
 
     def _rewrite(self, state) -> None:
+        if not state.is_world_process_zero:
+            return
         write_text(self.path, "".join(_line(entry) for entry in state.log_history))
         self.written = len(state.log_history)
 
@@ -143,7 +160,7 @@ class JsonlLogCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         new = state.log_history[self.written:]
-        if new:
+        if new and state.is_world_process_zero:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write("".join(_line(entry) for entry in new))
             self.written = len(state.log_history)
