@@ -92,6 +92,10 @@ def main(argv=None):
     ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     ap.add_argument("--scaling", default="8,16", help="extra batch sizes for dpo_precomputed ('' = none)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--losses", default="",
+                    help="also time these losses (issue 11), comma list from: cmnrl, dpo+mnrl, dpo_hinge, sdpo "
+                         "(sdpo with precomputed reference embeddings); '' = none")
+    ap.add_argument("--tag", default="", help="write results/bench_train_step.<tag>.json")
     args = ap.parse_args(argv)
     if args.quick:
         args.batch_size, args.steps, args.scaling = 4, 1, "2"
@@ -136,6 +140,21 @@ def main(argv=None):
     if bf16:
         variants["dpo_precomputed_fp32"] = (dpo, main_batches, False)
         variants["mnrl_fp32"] = (mnrl, main_batches, False)
+    from dpo_retrieval.training.args import DPOArgs
+
+    for name in [x.strip() for x in args.losses.split(",") if x.strip()]:
+        if name == "dpo_hinge":
+            variants[name] = (build_loss("dpo", model, DPOArgs(loss_type="hinge")), main_batches, bf16)
+        elif name == "sdpo":
+            from dpo_retrieval.training.reference import add_reference_embeddings
+
+            emb_ds, _ = add_reference_embeddings(build_triplets(args.seed, limit=64 if args.quick else None), model,
+                                                 precision="auto", show_progress_bar=False)
+            model.train()
+            variants[name] = (build_loss("sdpo", model), tokenize_batches(model, emb_ds, args.batch_size, n_batches,
+                                                                          args.seed), bf16)
+        else:
+            variants[name] = (build_loss(name, model), main_batches, bf16)
     for bs in [int(b) for b in args.scaling.split(",") if b]:
         variants[f"dpo_precomputed_bs{bs}"] = (dpo, tokenize_batches(model, ds, bs, n_batches, args.seed), bf16)
 
@@ -184,11 +203,11 @@ def main(argv=None):
             "goal": None, "note": "bf16-autocast step time / fp32 step time (< 1 = bf16 faster)"}
     for k, v in goals.items():
         print(f"  {k}: {v['ratio']:.3f}" + (f" (goal <= {v['goal']})" if v["goal"] else ""))
-    write_result("bench_train_step", {
+    write_result("bench_train_step" + (f".{args.tag}" if args.tag else ""), {
         "model": "all-MiniLM-L6-v2", "max_seq_length": args.max_seq_length, "batch_size": args.batch_size,
         "precision": args.precision, "steps": args.steps, "seed": args.seed,
         "data": "SciFact train qrels, one seeded random negative per positive",
-        "reference_precompute": ref_stats, "rows": rows, "goals": goals,
+        "reference_precompute": ref_stats, "rows": rows, "goals": goals, "extra_losses": args.losses,
     }, quick=args.quick)
 
 
