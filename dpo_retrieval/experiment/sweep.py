@@ -51,7 +51,7 @@ class SweepArgs(ScoringArgs, DeviceArgs):
     output: str | None = field(default=None, metadata={"help": "sweep directory (default: the grid file's output)"})
     fast_depth: int = field(default=20, metadata={
         "help": "fast dev score: each dev query re-ranks its top N documents under the base model plus its judged "
-                "documents (SciFact's 80 dev queries: N 100 pools 3,641 of 5,183 documents, N 20 about a third)"})
+                "documents (SciFact's 80 dev queries: N 100 pools 3,641 of 5,183 documents, N 20 1,285)"})
     full_dev: bool = field(default=False, metadata={
         "help": "also score full dev retrieval for every point, and report the fast score's Spearman agreement "
                 "with it over the grid"})
