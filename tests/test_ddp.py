@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _triplets import TRIPLETS as SHARED_TRIPLETS
 
 ROOT = Path(__file__).resolve().parents[1]
 # Measured on CPU (2 ranks, gloo, 3 AdamW steps at lr 1e-3, weights moving up to 2e-3): largest loss difference
@@ -27,16 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Without gather_across_devices the contrastive run differs by 0.57 in loss and 4e-3 in weights.
 LOSS_TOL = 1e-5
 WEIGHT_TOL = 1e-4
-TRIPLETS = [
-    ("what causes cancer", "mutation causes cancer cells", "the water fiber"),
-    ("does sleep increase risk", "sleep and heart disease risk", "vitamin and infants"),
-    ("how does insulin work", "insulin signal pathway", "white matter in the brain"),
-    ("can a virus cause infection", "virus infection and immune response", "birth weight of infants"),
-    ("what is the effect of the drug", "drug dose effects in patients", "the rna of mice"),
-    ("is diabetes a risk", "diabetes and insulin risk in women", "fiber and water"),
-    ("how do tumor cells grow", "tumor growth and gene expression", "sleep in children"),
-    ("does age reduce the level", "age and reduced protein level", "the dna of the virus"),
-]
+TRIPLETS = SHARED_TRIPLETS
 
 
 def _gloo_available() -> bool:

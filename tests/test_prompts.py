@@ -11,16 +11,10 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from dpo_retrieval.training import DPOArgs, TrainArgs, train, training_arguments
+from _triplets import TRIPLETS as SHARED_TRIPLETS
 
 PROMPTS = {"query": "query: ", "document": "passage: "}
-TRIPLETS = [
-    ("what causes cancer", "mutation causes cancer cells", "the water fiber"),
-    ("does sleep increase risk", "sleep and heart disease risk", "vitamin and infants"),
-    ("how does insulin work", "insulin signal pathway", "white matter in the brain"),
-    ("can a virus cause infection", "virus infection and immune response", "birth weight of infants"),
-    ("what is the effect of the drug", "drug dose effects in patients", "the rna of mice"),
-    ("is diabetes a risk", "diabetes and insulin risk in women", "fiber and water"),
-]
+TRIPLETS = SHARED_TRIPLETS[:6]
 
 
 def _prompted_model(tiny_model_path, path: Path, *, include_prompt: bool = True) -> str:

@@ -14,16 +14,10 @@ from pathlib import Path
 import pytest
 
 from dpo_retrieval.cli import main
+from _triplets import TRIPLETS as SHARED_TRIPLETS
 
 ROOT = Path(__file__).resolve().parents[1]
-TRIPLETS = [
-    ("what causes cancer", "mutation causes cancer cells", "the water fiber"),
-    ("does sleep increase risk", "sleep and heart disease risk", "vitamin and infants"),
-    ("how does insulin work", "insulin signal pathway", "white matter in the brain"),
-    ("can a virus cause infection", "virus infection and immune response", "birth weight of infants"),
-    ("what is the effect of the drug", "drug dose effects in patients", "the rna of mice"),
-    ("is diabetes a risk", "diabetes and insulin risk in women", "fiber and water"),
-]
+TRIPLETS = SHARED_TRIPLETS[:6]
 
 
 def _args(triplets: Path, out: Path, model: str, *extra: str) -> list[str]:

@@ -9,15 +9,9 @@ from pathlib import Path
 
 import pytest
 from sentence_transformers import SentenceTransformer
+from _triplets import TRIPLETS as SHARED_TRIPLETS
 
-TRIPLETS = [
-    ("what causes cancer", "mutation causes cancer cells", "the water fiber"),
-    ("does sleep increase risk", "sleep and heart disease risk", "vitamin and infants"),
-    ("how does insulin work", "insulin signal pathway", "white matter in the brain"),
-    ("can a virus cause infection", "virus infection and immune response", "birth weight of infants"),
-    ("what is the effect of the drug", "drug dose effects in patients", "the rna of mice"),
-    ("is diabetes a risk", "diabetes and insulin risk in women", "fiber and water"),
-]
+TRIPLETS = SHARED_TRIPLETS[:6]
 
 
 def _train(tmp_path: Path, model_path: str, loss: str, name: str | None = None, steps: int = 2, **dpo) -> tuple[Path, list]:
