@@ -82,3 +82,16 @@ def beir_data() -> Path:
     if root is None:
         pytest.skip("real BEIR data not found (set DPO_RETRIEVAL_DATA or put it at ../shared/data/beir)")
     return root
+
+
+@pytest.fixture()
+def load(tmp_path):
+    """``load_triplets`` with an HF datasets cache of the test's own (shared by the data tests)."""
+    from dpo_retrieval.data.triplets import load_triplets
+
+    cache = tmp_path / "hf-cache"
+
+    def _load(path, **kw):
+        return load_triplets(path, cache_dir=cache, **kw)
+
+    return _load

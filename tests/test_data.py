@@ -25,16 +25,6 @@ ROWS = [
 K = 2
 
 
-@pytest.fixture()
-def load(tmp_path):
-    cache = tmp_path / "hf-cache"
-
-    def _load(path, **kw):
-        return load_triplets(path, cache_dir=cache, **kw)
-
-    return _load
-
-
 def rows_of(ds) -> list[dict]:
     return [dict(r) for r in ds]
 

@@ -24,16 +24,6 @@ BOM = b"\xef\xbb\xbf"
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture()
-def load(tmp_path):
-    cache = tmp_path / "hf-cache"
-
-    def _load(path, **kw):
-        return load_triplets(path, cache_dir=cache, **kw)
-
-    return _load
-
-
 def write_jsonl(path: Path, records) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     return path

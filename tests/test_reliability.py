@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from dpo_retrieval.cli import main
 from dpo_retrieval.errors import UserInputError
+from test_beir import CORPUS as BEIR_CORPUS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dpo_retrieval"
 
@@ -42,13 +43,7 @@ TRIPLETS = [
     ("can a virus cause infection", "virus infection and immune response", "birth weight of infants"),
 ]
 GOOD = [{"query": q, "positive": p, "negative": n} for q, p, n in TRIPLETS]
-CORPUS = {
-    "d1": ("Insulin", "insulin response in mice with diabetes"),
-    "d2": ("Heart", "heart disease risk is increased by high blood pressure"),
-    "d3": ("Sleep", "sleep in children and infants"),
-    "d4": ("", "tumor growth signal pathway in cancer cells"),
-    "d5": ("Virus", "virus infection and the immune response"),
-}
+CORPUS = dict(list(BEIR_CORPUS.items())[:5])  # the BEIR tests' corpus without d6
 QUERIES = {"q1": "how does insulin work", "q2": "what causes heart disease", "q3": "virus infection"}
 QRELS = "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq3\td5\t1\n"
 CORPUS_LINES = [{"_id": d, "title": t, "text": x} for d, (t, x) in CORPUS.items()]
