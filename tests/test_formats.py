@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from dpo_retrieval.data.triplets import load_triplets
 from dpo_retrieval.errors import UserInputError
 
 BOM = b"\xef\xbb\xbf"
