@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dpo_retrieval.cli import main
+from dpo_retrieval.errors import UserInputError
 from dpo_retrieval.experiment.compare import Stage, fingerprint
 
 TOPICS = ["cancer", "sleep", "insulin", "virus", "brain", "heart", "vitamin", "diabetes", "infants", "tumor",
@@ -418,3 +419,61 @@ def test_compare_wise_ft_evaluates_the_interpolated_model(tmp_path, tiny_model_p
     stamp = (merged / "model.safetensors").stat().st_mtime_ns
     assert main(compare_args(tiny_model_path, data, out, "--losses", "contrastive", "--wise_ft", "0.5")) == 0
     assert (merged / "model.safetensors").stat().st_mtime_ns == stamp  # the merge stage is skipped
+
+
+def test_compare_variants(tmp_path, tiny_model_path):
+    """Named variants: each trains its loss with its own options on the run's triplets, under its own name
+    (models/, eval/, report rows); a variant named after a loss needs no loss; wise_ft per variant."""
+    from dpo_retrieval.experiment.compare import CompareArgs, run_compare
+    from dpo_retrieval.mining import MineArgs
+
+    data = write_tiny_beir(tmp_path / "tiny")
+    out = tmp_path / "run"
+    variants = {"dpo-hinge": {"loss": "dpo", "loss_type": "hinge", "hinge_margin": 0.5, "learning_rate": 1e-4},
+                "contrastive": {"num_train_epochs": 2, "wise_ft": [0.5]},
+                "dpo-sigmoid": {"loss": "dpo", "policy": "sigmoid"}}
+    cfg = CompareArgs(dataset=str(data), output=str(out), model=tiny_model_path, max_triplets=10,
+                      per_device_train_batch_size=4, train_max_seq_length=32, eval_max_seq_length=32, precision="fp32",
+                      top_k=20, seed=1, mining=MineArgs(rank_min=2, rank_max=12, dev_fraction=0.2),
+                      show_progress_bar=False, losses="dpo,dpo-hinge,contrastive,dpo-sigmoid",
+                      variants=json.dumps(variants))
+    run_compare(cfg)
+    stages = {n: json.loads((out / "models" / f"{n}.stage.json").read_text())["key"]["train"]
+              for n in ("dpo", "dpo-hinge", "contrastive", "dpo-sigmoid")}
+    assert stages["dpo"]["loss"] == stages["dpo-hinge"]["loss"] == "dpo"
+    assert (stages["dpo"]["loss_type"], stages["dpo-hinge"]["loss_type"]) == ("sigmoid", "hinge")
+    assert stages["dpo-hinge"]["hinge_margin"] == 0.5 and stages["dpo-hinge"]["learning_rate"] == 1e-4
+    assert stages["dpo"]["learning_rate"] == 5e-5  # the preset's: a variant changes only itself
+    assert (stages["contrastive"]["num_train_epochs"], stages["contrastive"]["loss"]) == (2, "contrastive")
+    # a variant's policy brings that policy's default beta and scale (sigmoid: 10, 10), not the run's
+    assert (stages["dpo-sigmoid"]["policy"], stages["dpo-sigmoid"]["beta"], stages["dpo-sigmoid"]["scale"]) == (
+        "sigmoid", 10.0, 10.0)
+    assert (stages["dpo"]["beta"], stages["dpo"]["scale"]) == (1.0, 20.0)
+    # wise_ft only where the variant asked for it
+    assert (out / "models" / "contrastive-wiseft0.5").is_dir()
+    assert not (out / "models" / "dpo-wiseft0.5").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert [r["model"] for r in report["datasets"]["tiny"]["rows"]] == [
+        "base", "dpo", "dpo-hinge", "contrastive", "contrastive-wiseft0.5", "dpo-sigmoid"]
+    a = (out / "models" / "dpo" / "model.safetensors").read_bytes()
+    assert a != (out / "models" / "dpo-hinge" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("variants, losses, problem", [
+    ('{"x": {"loss": "nope"}}', "x", "variants: x: loss must be one of"),
+    ('{"x": {"loss": "dpo", "bogus": 1}}', "x", "variants: x: unknown option 'bogus'"),
+    ('{"base": {"loss": "dpo"}}', "base", "variants: bad name 'base'"),
+    ('{"dpo-seed3": {"loss": "dpo"}}', "dpo-seed3", "variants: bad name"),
+    ('{"x": {"loss": "dpo", "beta": -1}}', "x", "variants: x: beta"),
+    ('{"x": {"loss": "dpo", "learning_rate": 0}}', "x", "variants: x: learning_rate"),
+    ('[1]', "dpo", "variants: must map names to options"),
+    ('{x', "dpo", "variants: not a JSON mapping"),
+    ('{"x": {"loss": "dpo"}}', "y", "losses: unknown y; choose from"),
+    (None, "dpo,dpo", "losses: each name once"),
+])
+def test_compare_variants_refused(tmp_path, variants, losses, problem):
+    from dpo_retrieval.experiment.compare import CompareArgs, check_options
+
+    with pytest.raises(UserInputError) as err:
+        check_options(CompareArgs(dataset="scifact", output=str(tmp_path / "run"), losses=losses, variants=variants))
+    assert problem in str(err.value)

@@ -295,3 +295,27 @@ def test_forest_plot_written(tmp_path):
     _assert_png(path)
     assert _plot_forest({"datasets": {"x": {"comparisons": []}}}, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_report_narrowed_comparison_family():
+    """pairs + metrics: only those comparisons are tested and Holm runs over them alone (a smaller family
+    gives smaller corrected p-values than the all-pairs family), and the report says which family."""
+    from dpo_retrieval.experiment.stats import holm
+
+    results = make_results(models=("base", "dpo", "contrastive", "dpr"))
+    pairs = [("dpo", "base"), ("dpo", "contrastive"), ("missing", "base")]
+    narrow = build_report(results, n_resamples=N_RES, pairs=pairs, metrics=["NDCG@10"])
+    full = build_report(results, n_resamples=N_RES)
+    for ds in ("scifact", "dbpedia-entity-5k"):
+        comps = narrow["datasets"][ds]["comparisons"]
+        assert [(c["a"], c["b"], c["metric"]) for c in comps] == [("dpo", "base", "NDCG@10"),
+                                                                 ("dpo", "contrastive", "NDCG@10")]
+        assert [c["p_holm"] for c in comps] == pytest.approx(holm([c["p_ttest"] for c in comps]))
+        wide = {(c["a"], c["b"], c["metric"]): c for c in full["datasets"][ds]["comparisons"]}
+        for c in comps:  # same test, smaller family
+            assert c["p_ttest"] == pytest.approx(wide[(c["a"], c["b"], c["metric"])]["p_ttest"])
+            assert c["p_holm"] <= wide[(c["a"], c["b"], c["metric"])]["p_holm"] + 1e-12
+        assert len(narrow["datasets"][ds]["rows"]) == 4  # every model still has its row
+    assert "dpo - contrastive" in narrow["holm_family"] and "NDCG@10" in narrow["holm_family"]
+    md = render_markdown(narrow)
+    assert "the listed pairs and metrics" in md and "dpo - base" in md

@@ -29,6 +29,7 @@ from typing import Literal
 from dpo_retrieval._io import write_json
 from dpo_retrieval.errors import UserInputError, positive, require
 from dpo_retrieval.experiment.stages import Stage, _dataset_stamp, fingerprint  # noqa: F401
+from dpo_retrieval.experiment.variants import parse_variants, seed_model_name, variant_config, wise_ft_name  # noqa: F401
 from dpo_retrieval.mining import MineArgs
 from dpo_retrieval.retrieval.args import ModelArgs, ScoringArgs
 from dpo_retrieval.training.args import LOSSES, DPOArgs
@@ -77,7 +78,12 @@ class CompareArgs(ScoringArgs, ModelArgs):
     dataset: str = field(metadata={"help": "BEIR dataset with train and test splits (name or path)"})
     output: str = field(metadata={"help": "run directory"})
     losses: list[str] = field(default_factory=lambda: ["dpo", "contrastive"], metadata={
-        "help": "losses to train, space- or comma-separated: " + ", ".join(LOSSES) + " (see train --help, --loss)"})
+        "help": "losses to train, space- or comma-separated: " + ", ".join(LOSSES) + " (see train --help, --loss), "
+                "or names of --variants"})
+    variants: dict | str | None = field(default=None, metadata={
+        "help": "named variants, NAME: {loss: LOSS, option: value, ...} (a config file's mapping, or JSON here): a "
+                "variant's name in --losses trains its loss with these options over the run's (the training budget, "
+                "wise_ft, DPO and loss options), reported under its name; see experiment/variants.py"})
     eval_datasets: list[str] = field(default_factory=list, metadata={
         "help": "extra BEIR test sets for out-of-domain retention, e.g. dbpedia-entity-5k"})
     preset: Literal["quick", "full"] = field(default="quick", metadata={
@@ -107,13 +113,15 @@ class CompareArgs(ScoringArgs, ModelArgs):
         ModelArgs.__post_init__(self)
         ScoringArgs.__post_init__(self)
         self.losses, self.eval_datasets = _names(self.losses), _names(self.eval_datasets)
+        self.variants = parse_variants(self.variants)
         self.seeds = [_seed(s) for s in _names([str(x) for x in ([self.seeds] if isinstance(self.seeds, (str, int))
                                                                    else self.seeds)])]
         training_seeds(self)
-        unknown = [loss for loss in self.losses if loss not in LOSSES]
+        unknown = [loss for loss in self.losses if loss not in LOSSES and loss not in self.variants]
         require([
             (not unknown and self.losses,
-             f"losses: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(LOSSES)}"),
+             f"losses: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join([*LOSSES, *self.variants])}"),
+            (len(set(self.losses)) == len(self.losses), f"losses: each name once, got {', '.join(self.losses)}"),
             (self.preset in PRESETS, f"preset: choose one of {', '.join(PRESETS)}, got {self.preset!r}"),
             (positive(self.max_triplets, optional=True), f"max_triplets: must be > 0, got {self.max_triplets}"),
             (positive(self.train_max_seq_length, optional=True),
@@ -179,10 +187,11 @@ def check_options(cfg: CompareArgs) -> tuple[CompareArgs, str]:
     the resolved config and the precision encoding and training really use (raises UserInputError)."""
     from dpo_retrieval.models import resolve_device, resolve_precision
 
+    plan = {name: variant_config(cfg, name) for name in cfg.losses}
     cfg = cfg.resolved()
     run = Path(cfg.output)
-    for loss in cfg.losses:  # the same checks train() runs after mining
-        _train_config(cfg, loss, run / "models" / loss, run / "train_triplets.jsonl")
+    for name, (loss, own) in plan.items():  # the same checks train() runs after mining
+        _train_config(own, loss, run / "models" / name, run / "train_triplets.jsonl")
     precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
     if run.exists() and not run.is_dir():
         raise UserInputError(f"output: {run} exists and is not a directory")
@@ -205,6 +214,7 @@ def run_compare(cfg: CompareArgs) -> dict:
     from dpo_retrieval.training import train
     from dpo_retrieval.training.merge import merge_models
 
+    plan = {name: variant_config(cfg, name) for name in cfg.losses}  # name -> (loss, its resolved options)
     cfg, precision = check_options(cfg)
     seeds = training_seeds(cfg)
     run = Path(cfg.output)
@@ -266,11 +276,11 @@ def run_compare(cfg: CompareArgs) -> dict:
     train_times: dict[str, float] = {}
     model_dirs = {"base": base_path}
     model_stages = {"base": base_id}
-    for loss in cfg.losses:
+    for variant, (loss, own) in plan.items():
         for train_seed in seeds:
-            name = seed_model_name(loss, train_seed, cfg.seed)
+            name = seed_model_name(variant, train_seed, cfg.seed)
             out = run / "models" / name
-            inputs, dpo, targs = _train_config(cfg, loss, out, train_file)
+            inputs, dpo, targs = _train_config(own, loss, out, train_file)
             targs.seed = train_seed  # the trainer's shuffling, dropout and init; mining keeps cfg.seed
             settings = {**{k: v for k, v in dataclasses.asdict(inputs).items() if k not in ("triplets", "model")},
                         **loss_settings(loss, dpo),
@@ -291,7 +301,7 @@ def run_compare(cfg: CompareArgs) -> dict:
                 summary = json.loads((out / "train_summary.json").read_text())
                 stage.finish(train_seconds=summary["train_seconds"], steps=summary["steps"])
             train_times[name] = stage.info().get("train_seconds")
-            for alpha in cfg.wise_ft:  # WiSE-FT: the trained weights interpolated with the base's
+            for alpha in own.wise_ft:  # WiSE-FT: the trained weights interpolated with the base's
                 merged = wise_ft_name(name, alpha)
                 mstage = Stage(run / "models" / f"{merged}.stage.json", {"base": base_id, "trained": stage.hash,
                                                                            "alpha": alpha})
@@ -340,7 +350,7 @@ def run_compare(cfg: CompareArgs) -> dict:
         ds_run["models"] = {"base": per_name["base"], **{
             wise_ft_name(loss, a): {"seeds": {k: per_name[wise_ft_name(seed_model_name(loss, k, cfg.seed), a)]
                                               for k in seeds}}
-            for loss in cfg.losses for a in (None, *cfg.wise_ft)}}
+            for loss, (_, own) in plan.items() for a in (None, *own.wise_ft)}}
 
     # 5. report -------------------------------------------------------------------------------
     logs = {name: _read_log(run / "models" / name / "train_log.jsonl") for name in model_dirs if name != "base"}
@@ -348,11 +358,6 @@ def run_compare(cfg: CompareArgs) -> dict:
                "config": {**dataclasses.asdict(cfg), "seeds": list(seeds),
                           "wall_time_s": round(time.perf_counter() - started, 1)}}
     return write_report(results, run, seed=cfg.seed)
-
-
-def wise_ft_name(name: str, alpha: float | None) -> str:
-    """``<model>-wiseft<alpha>`` (``name`` itself for None)."""
-    return name if alpha is None else f"{name}-wiseft{alpha:g}"
 
 
 def _seed(text: str):
@@ -372,13 +377,6 @@ def training_seeds(cfg: "CompareArgs") -> tuple[int, ...]:
     if len(set(seeds)) < len(seeds):
         raise UserInputError(f"seeds: each seed once, got {','.join(map(str, seeds))}")
     return seeds
-
-
-def seed_model_name(loss: str, seed: int, main_seed: int) -> str:
-    """A trained model's name under models/, eval/ and embeddings/: ``<loss>`` for the run's own ``--seed``
-    (so a single-seed run's directories and stage hashes are those of before ``--seeds`` existed, and
-    a multi-seed run that includes ``--seed`` reuses them), ``<loss>-seed<k>`` for every other seed."""
-    return loss if seed == main_seed else f"{loss}-seed{seed}"
 
 
 def _read_qids(path: Path) -> list[str]:

@@ -33,3 +33,30 @@ def score_pool(model, dev, pool: dict[str, list[str]], *, batch_size: int = 64,
                          show_progress_bar=False)["run"]
     allowed = {q: set(c) for q, c in pool.items()}
     return {q: {d: s for d, s in run.get(q, {}).items() if d in allowed[q]} for q in pool}
+
+
+def score_drift(run: dict[str, dict[str, float]], reference: dict[str, dict[str, float]],
+                qrels: dict[str, dict[str, int]] | None = None) -> dict[str, float | int | None]:
+    """How far a model's scores moved from the reference's on held-out pairs: the mean of
+    ``|s(q, d) - s_ref(q, d)|`` over every (query, document) pair both runs score (``pool``), over the
+    judged-relevant pairs among them (``judged``, with ``qrels``) and over the rest (``unjudged``), and the
+    mean signed change on each (``*_signed``: does the positive's score rise or fall?); ``pairs`` counts
+    the pool. DPO's beta is meant to bound this movement. ``None`` where a set is empty."""
+    rel = {q: {d for d, r in (qrels or {}).get(q, {}).items() if r > 0} for q in run}
+    groups: dict[str, list[float]] = {"pool": [], "judged": [], "unjudged": []}
+    for q, docs in run.items():
+        ref = reference.get(q, {})
+        for d, s in docs.items():
+            if d in ref:
+                delta = float(s) - float(ref[d])
+                groups["pool"].append(delta)
+                groups["judged" if d in rel[q] else "unjudged"].append(delta)
+
+    def mean(xs, f):
+        return round(sum(f(x) for x in xs) / len(xs), 6) if xs else None
+
+    out: dict[str, float | int | None] = {"pairs": len(groups["pool"])}
+    for name, xs in groups.items():
+        out[name] = mean(xs, abs)
+        out[f"{name}_signed"] = mean(xs, float)
+    return out

@@ -188,7 +188,7 @@ def _per_seed_diff(a: Mapping[str, Any], b: Mapping[str, Any], metric: str) -> d
 
 
 def build_report(results: Mapping[str, Any], *, seed: int = 0, n_resamples: int = 10000,
-                 confidence: float = 0.95) -> dict[str, Any]:
+                 confidence: float = 0.95, pairs=None, metrics=None) -> dict[str, Any]:
     """The report.json content for ``results`` (see the module docstring for its shape).
 
     Per dataset: ``models`` (order: base first), ``rows`` (one per model: the four metrics - the mean
@@ -200,7 +200,12 @@ def build_report(results: Mapping[str, Any], *, seed: int = 0, n_resamples: int 
     plus the fields of :func:`~dpo_retrieval.experiment.stats.compare_paired` (``diff`` is A - B),
     ``per_seed_diff`` and ``p_holm`` (Holm over all comparisons of the dataset). Also ``training`` (a
     summary of each training log) and ``config``. Deterministic for a seed; NaN/inf become null.
+
+    ``pairs`` (``[(A, B), ...]``) and ``metrics`` narrow the tested family to those comparisons and
+    metrics (pairs naming a model a dataset lacks are skipped there); Holm then runs over that family
+    only, and ``holm_family`` says so.
     """
+    tested = list(metrics or METRICS)
     datasets: dict[str, Any] = {}
     for ds_name, models in collapsed_models(results).items():
         if not models:
@@ -210,8 +215,8 @@ def build_report(results: Mapping[str, Any], *, seed: int = 0, n_resamples: int 
         rows = [_row(m, models[m], models.get(BASELINE), seed=seed, n_resamples=n_resamples, confidence=confidence)
                 for m in order]
         comparisons = []
-        for a, b in _pairs(order):
-            for metric in METRICS:
+        for a, b in (_pairs(order) if pairs is None else [(a, b) for a, b in pairs if a in models and b in models]):
+            for metric in tested:
                 pa, pb = _per_query(models[a], metric), _per_query(models[b], metric)
                 if pa is None or pb is None:
                     logger.warning("%s: no per-query %s for %s; %s vs %s not compared", ds_name,
@@ -249,7 +254,9 @@ def build_report(results: Mapping[str, Any], *, seed: int = 0, n_resamples: int 
         "seed": seed,
         "n_resamples": n_resamples,
         "confidence": confidence,
-        "holm_family": HOLM_FAMILY,
+        "holm_family": HOLM_FAMILY if pairs is None and metrics is None else (
+            "the listed comparisons of one dataset (" + ", ".join(f"{a} - {b}" for a, b in pairs or []) +
+            ("" if pairs is not None else "every pair of models") + f"; metrics: {', '.join(tested)}), t-test p-values"),
         "harm_margin": HARM_MARGIN,
         "datasets": datasets,
         "training": training,
@@ -259,14 +266,14 @@ def build_report(results: Mapping[str, Any], *, seed: int = 0, n_resamples: int 
 
 
 def write_report(results: Mapping[str, Any], out_dir, *, seed: int = 0,
-                 n_resamples: int = 10000) -> dict[str, Any]:
-    """Build the report and write ``report.json``, ``report.md`` and the plots into ``out_dir``.
+                 n_resamples: int = 10000, pairs=None, metrics=None) -> dict[str, Any]:
+    """Build the report (``pairs``, ``metrics``: see :func:`build_report`) and write ``report.json``, ``report.md`` and the plots into ``out_dir``.
 
     Returns ``{"report_json": Path, "report_md": Path, "plots": [Path, ...], "report": dict}``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = build_report(results, seed=seed, n_resamples=n_resamples)
+    report = build_report(results, seed=seed, n_resamples=n_resamples, pairs=pairs, metrics=metrics)
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
     write_text(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n", fsync=True)
     write_text(md_path, render_markdown(report), fsync=True)

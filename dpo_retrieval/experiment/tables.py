@@ -126,8 +126,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         out += _models_table(ds)
         comps = ds.get("comparisons") or []
         if comps:
+            family = ("every pair and every metric" if str(report.get("holm_family", "")).startswith("all")
+                      else "the listed pairs and metrics")
             out += [f"Paired differences A − B over queries, with {pct}% CI; p (Holm) is corrected over all "
-                    f"{len(comps)} comparisons of this table (every pair and every metric):", ""]
+                    f"{len(comps)} comparisons of this table ({family}):", ""]
             header = ["A − B", "Metric", "A", "B", "Diff", f"{pct}% CI", "p (t-test)",
                       "p (Holm)", "p (randomization)", "Queries"]
             rows = [[f"{c['a']} − {c['b']}", METRIC_LABELS.get(c["metric"], c["metric"]),
@@ -148,6 +150,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         out += _table(["Loss", "Log entries", "Last step", "Final loss", "Final reward margin"],
                       ["l", "r", "r", "r", "r"], rows) + [""]
 
+    holm_family = report.get("holm_family") or "all comparisons of one dataset's table"
     out += [
         "## Legend", "",
         "- Metrics come from one pytrec_eval pass, averaged over the test queries as BEIR averages them: "
@@ -165,8 +168,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"random sign, {n_res} times; p = share with |mean| at least the observed one, counting the "
         f"observed (smallest possible p is 1/{n_res + 1 if isinstance(n_res, int) else 'n+1'}); exact "
         "over all sign patterns when there are few queries.",
-        "- p (Holm): the t-test p-value after Holm's step-down correction over all comparisons of the "
-        "dataset's table — every pair of models and every metric — (the family-wise error rate); call a "
+        f"- p (Holm): the t-test p-value after Holm's step-down correction over {holm_family} (the "
+        "family-wise error rate); call a "
         "difference significant only when this is below 0.05. The other p-values are uncorrected.",
         "- forest.png: each paired difference with its CI as a point and whiskers around zero.",
         "",
