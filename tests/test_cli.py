@@ -124,6 +124,7 @@ def test_compare_losses_are_checked_against_the_training_losses(capsys):
     (["--epochs", "0"], "--epochs"), (["--rank-window", "5"], "--rank-window"),
     (["--rank_window", "50-10"], "--rank-window"), (["--negatives", "0"], "--negatives"),
     (["--eval-batch-size", "0"], "--eval-batch-size"), (["--top_k", "0"], "--top-k"), (["--beta", "nan"], "--beta"),
+    (["--mnrl-scale", "0"], "--mnrl-scale"), (["--mnrl_scale", "-1"], "--mnrl-scale"),
 ])
 def test_compare_errors_name_the_flag(argv, flag, tmp_path, capsys):
     out = tmp_path / "run"
@@ -141,6 +142,21 @@ def test_help_explains_every_option(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     assert "--help" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_mnrl_scale_is_an_option_of_train_and_compare(command, capsys):
+    from dpo_retrieval.cli_train import train_parser
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "--mnrl-scale" in capsys.readouterr().out.replace("--mnrl_scale", "--mnrl-scale")
+    if command == "train":
+        parser = train_parser()
+        _, dpo, _ = parser.build(parser.parse_args(["--triplets", "t.jsonl", "--output_dir", "m", "--mnrl-scale", "5"]))
+    else:
+        dpo = parse_command("compare", [*COMPARE, "--mnrl_scale", "5"])[0].dpo
+    assert dpo.mnrl_scale == 5.0
 
 
 def test_library_errors_name_fields_not_flags():

@@ -398,6 +398,9 @@ def test_stage_key_holds_only_the_options_a_loss_reads():
     assert {"beta", "sdpo_gamma"} <= set(loss_settings("sdpo", dpo)) and "mnrl_weight" not in loss_settings("sdpo", dpo)
     assert {"beta", "mnrl_weight", "hinge_margin"} <= set(loss_settings("dpo+mnrl", dpo))
     assert "mini_batch_size" in loss_settings("cmnrl", dpo) and "beta" not in loss_settings("cmnrl", dpo)
+    for loss in ("contrastive", "cmnrl", "dpo+mnrl"):  # changing mnrl_scale retrains these, not dpo/sdpo/dpr
+        assert loss_settings(loss, DPOArgs(mnrl_scale=5.0).resolved())["mnrl_scale"] == 5.0
+    assert all("mnrl_scale" not in loss_settings(loss, dpo) for loss in ("dpo", "sdpo", "dpr"))
 
 
 def test_compare_wise_ft_evaluates_the_interpolated_model(tmp_path, tiny_model_path):

@@ -196,7 +196,9 @@ def test_sdpo_online_reference_equals_precomputed(tiny_model):
 @pytest.mark.parametrize("field,value,match", [
     ("hinge_margin", 0.0, "hinge_margin: must be"), ("mnrl_weight", 1.5, "mnrl_weight: must be in"),
     ("sdpo_gamma", -0.1, "sdpo_gamma: must be in"), ("mini_batch_size", 0, "mini_batch_size: must be"),
-    ("loss_type", "kto", "loss_type: unknown"),
+    ("loss_type", "kto", "loss_type: unknown"), ("mnrl_scale", 0.0, "mnrl_scale: must be"),
+    ("mnrl_scale", -1.0, "mnrl_scale: must be"), ("mnrl_scale", float("nan"), "mnrl_scale: must be"),
+    ("mnrl_scale", float("inf"), "mnrl_scale: must be"),
 ])
 def test_loss_options_are_checked(field, value, match):
     from dpo_retrieval.training import DPOArgs
@@ -222,3 +224,24 @@ def test_build_loss_builds_every_loss(tiny_model):
         build_loss("sdpo", tiny_model, DPOArgs(policy="sigmoid"))
     with pytest.raises(UserInputError, match="loss: unknown loss"):
         TrainArgs(triplets="x", loss="kto").check()
+
+
+def test_mnrl_scale_reaches_the_contrastive_losses_only(tiny_model):
+    from dpo_retrieval.training import DPOArgs, build_loss
+
+    args = DPOArgs(mnrl_scale=7.5)
+    assert build_loss("contrastive", tiny_model, args).scale == 7.5
+    assert build_loss("cmnrl", tiny_model, args).scale == 7.5
+    assert build_loss("dpo+mnrl", tiny_model, args).mnrl_scale == 7.5
+    assert build_loss("dpr", tiny_model, args).scale == 1.0  # dot product, no temperature
+    assert build_loss("contrastive", tiny_model, DPOArgs()).scale == 20.0  # the default
+    assert build_loss("dpo", tiny_model, args).scale == build_loss("dpo", tiny_model, DPOArgs()).scale
+    assert build_loss("sdpo", tiny_model, args).scale == build_loss("sdpo", tiny_model, DPOArgs()).scale
+
+
+def test_dpo_mnrl_term_uses_mnrl_scale():
+    e = _embs(seed=3)
+    mix = DPOMNRLLoss(_Cosine(), mnrl_weight=1.0, mnrl_scale=5.0, reference_free=True)
+    want = mnrl_loss(in_batch_scores(e[0], e[1:], "cosine"), scale=5.0).mean()
+    assert mix.compute_loss_from_embeddings(e, None).item() == pytest.approx(want.item(), rel=1e-5)
+    assert want.item() != pytest.approx(mnrl_loss(in_batch_scores(e[0], e[1:], "cosine"), scale=20.0).mean().item())

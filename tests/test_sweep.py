@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,6 +65,43 @@ def test_sweep_scores_dev_only_and_resumes(tmp_path, tiny_model_path, mined):
                                 precision="fp32"))
     assert [m.stat().st_mtime_ns for m in markers] == mtimes  # nothing retrained
     assert [r["fast_dev"] for r in again["points"]] == [r["fast_dev"] for r in summary["points"]]
+
+
+def test_sweep_json_rows_stand_for_their_points_without_the_models(tmp_path, tiny_model_path, mined, monkeypatch,
+                                                                   caplog):
+    import dpo_retrieval.training as training
+
+    data, mine = mined
+    grid = _grid(tmp_path, data, mine, tiny_model_path, beta=[0.5, 2.0])
+    sweep = lambda **kw: run_sweep(SweepArgs(grid=str(grid), fast_depth=3, eval_max_seq_length=32,  # noqa: E731
+                                             precision="fp32", **kw))
+    first = sweep()
+    shutil.rmtree(tmp_path / "sweep" / "points")  # as on a fresh machine with the committed sweep.json only
+    real_train, trained = training.train, []
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a point recorded in sweep.json was trained again")
+
+    monkeypatch.setattr(training, "train", no_training)
+    with caplog.at_level(logging.INFO, logger="dpo_retrieval.experiment.sweep"):
+        again = sweep()
+    assert again["points"] == first["points"] and again["best"] == first["best"]  # train_seconds kept too
+    assert not (tmp_path / "sweep" / "points").exists()  # nothing loaded, trained or scored
+    assert sum("(recorded, skipped)" in r.getMessage() for r in caplog.records) == 2
+
+    # a changed fixed option is another training key: its points train
+    monkeypatch.setattr(training, "train", lambda *a, **kw: trained.append(a[0].loss) or real_train(*a, **kw))
+    spec = yaml.safe_load(grid.read_text())
+    spec["fixed"]["max_steps"] = 1
+    grid.write_text(yaml.safe_dump(spec))
+    changed = sweep()
+    assert len(trained) == 2 and len(changed["points"]) == 4
+    new = [r for r in changed["points"] if r["options"]["max_steps"] == 1]
+    assert {r["train_hash"] for r in new}.isdisjoint({r["train_hash"] for r in first["points"]})
+    # a score the rows lack (full dev) needs the models: only then are the points trained again
+    shutil.rmtree(tmp_path / "sweep" / "points")
+    with_full = sweep(full_dev=True)
+    assert len(trained) == 4 and all("full_dev" in r for r in with_full["points"] if r["options"]["max_steps"] == 1)
 
 
 def test_fast_pool_is_smaller_than_the_corpus(tmp_path, tiny_model_path, mined):

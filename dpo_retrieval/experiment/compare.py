@@ -51,8 +51,10 @@ PRESETS = {
 DPO_ONLY = ("beta", "scale", "policy", "loss_type", "label_smoothing", "reference_free", "reference", "reference_model")
 #: the loss-specific DPOArgs fields each loss reads (the rest, e.g. dropout, every loss reads): only these
 #: enter a loss's training stage key, so changing one loss's option retrains that loss only
-LOSS_FIELDS = {"dpo": DPO_ONLY + ("hinge_margin",), "dpo+mnrl": DPO_ONLY + ("hinge_margin", "mnrl_weight"),
-               "sdpo": DPO_ONLY + ("sdpo_gamma",), "cmnrl": ("mini_batch_size",)}
+LOSS_FIELDS = {"dpo": DPO_ONLY + ("hinge_margin",),
+               "dpo+mnrl": DPO_ONLY + ("hinge_margin", "mnrl_weight", "mnrl_scale"),
+               "sdpo": DPO_ONLY + ("sdpo_gamma",), "contrastive": ("mnrl_scale",),
+               "cmnrl": ("mini_batch_size", "mnrl_scale")}
 _LOSS_SPECIFIC = {k for fields in LOSS_FIELDS.values() for k in fields}
 
 

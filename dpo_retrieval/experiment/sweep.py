@@ -15,7 +15,10 @@ Option names are the fields of :class:`~dpo_retrieval.training.args.TrainArgs`,
 :class:`~dpo_retrieval.training.args.DPOArgs` and sentence-transformers'
 ``SentenceTransformerTrainingArguments``. Every point is a training stage under
 ``OUTPUT/points/<id>/`` (skipped when done, resumed from its last checkpoint when interrupted) and its
-scores are written to ``OUTPUT/sweep.json`` as they come.
+scores are written to ``OUTPUT/sweep.json`` as they come. A point whose row in ``OUTPUT/sweep.json``
+has its training key's hash (``train_hash``) and the scores this run asks for is neither trained nor
+scored again, even with ``points/`` gone (a results file copied into a fresh OUTPUT, or models deleted
+to save disk).
 
 The dev score is fast by default: each dev query re-ranks only its ``fast_depth`` best documents under
 the base model plus its judged documents, so a point encodes that pool instead of the corpus.
@@ -126,8 +129,14 @@ def split_options(options: dict) -> tuple[dict, dict, dict]:
             {k: v for k, v in options.items() if k in hf and k not in own | dpo})
 
 
-def _train_point(options: dict, triplets: Path, out: Path, args: SweepArgs, base_key: str):
-    """Train one point (or find it trained); returns ``(model dir, training stage hash, seconds)``."""
+def train_key(options: dict, triplets_digest: str, base_key: str) -> tuple[dict, str]:
+    """A point's training stage key and its hash (the row's ``train_hash``), known without training."""
+    key = {"base": base_key, "triplets": triplets_digest, "options": options}
+    return key, fingerprint(key)
+
+
+def _train_point(options: dict, triplets: Path, out: Path, args: SweepArgs, key: dict):
+    """Train one point (or find it trained) under its stage ``key``; returns ``(model dir, seconds)``."""
     from dpo_retrieval.training import train
     from dpo_retrieval.training.args import DPOArgs, TrainArgs, training_arguments
 
@@ -135,8 +144,7 @@ def _train_point(options: dict, triplets: Path, out: Path, args: SweepArgs, base
     inputs = TrainArgs(triplets=str(triplets), **{"precision": args.precision, "device": args.device, **own}).check()
     dpo_args = DPOArgs(**dpo).resolved()
     targs = training_arguments(str(out / "model"), **{"logging_steps": 1, "save_steps": 50, "disable_tqdm": True, **hf})
-    stage = Stage(out / "train.stage.json", {"base": base_key, "triplets": _file_digest(triplets),
-                                             "options": options})
+    stage = Stage(out / "train.stage.json", key)
     if not stage.done():
         resume = stage.started_same() and (out / "model" / "checkpoints").is_dir()
         if (out / "model").exists() and not resume:
@@ -147,7 +155,7 @@ def _train_point(options: dict, triplets: Path, out: Path, args: SweepArgs, base
         train(dataclasses.replace(inputs, resume=resume), targs, dpo_args)
         summary = json.loads((out / "model" / "train_summary.json").read_text())
         stage.finish(train_seconds=summary["train_seconds"], steps=summary["steps"])
-    return out / "model", stage.hash, stage.info().get("train_seconds")
+    return out / "model", stage.info().get("train_seconds")
 
 
 def _file_digest(path: Path) -> str:
@@ -232,15 +240,18 @@ def run_sweep(args: SweepArgs) -> dict:
     rows = {r["id"]: r for r in previous}
     summary = {"grid": spec, "sweep": dataclasses.asdict(args), "dev_queries": len(dev_qids),
                "fast_pool_docs": pool_docs, "corpus_docs": len(dev.doc_ids), "points": []}
+    digest = _file_digest(triplets)
     for i, options in enumerate(points, 1):
         pid = fingerprint({"options": options, "triplets": str(triplets)})
-        model_dir, train_hash, train_s = _train_point(options, triplets, out / "points" / pid, args, base_key)
+        stage_key, train_hash = train_key(options, digest, base_key)
         row = rows.get(pid) or {}
         if row.get("train_hash") != train_hash:
             row = {}
-        row.update({"id": pid, "options": options, "train_hash": train_hash, "train_seconds": train_s})
         need_full = args.full_dev and "full_dev" not in row
-        if "fast_dev" not in row or need_full:
+        recorded = "fast_dev" in row and not need_full  # scored with this training key: no model needed
+        if not recorded:
+            model_dir, train_s = _train_point(options, triplets, out / "points" / pid, args, stage_key)
+            row.update({"id": pid, "options": options, "train_hash": train_hash, "train_seconds": train_s})
             model = load_model(str(model_dir), device=args.device, max_seq_length=args.eval_max_seq_length)
             if "fast_dev" not in row:
                 t0 = time.perf_counter()
@@ -265,9 +276,10 @@ def run_sweep(args: SweepArgs) -> dict:
                  if "fast_dev" in r and "full_dev" in r]
         summary["agreement_ndcg@10"] = _spearman(pairs)
         write_json(summary, results_file)
-        logger.info("[sweep %d/%d] %s: fast dev nDCG@10 %.4f%s", i, len(points), options,
+        logger.info("[sweep %d/%d] %s: fast dev nDCG@10 %.4f%s%s", i, len(points), options,
                     row["fast_dev"]["ndcg@10"],
-                    f", full dev {row['full_dev']['ndcg@10']:.4f}" if "full_dev" in row else "")
+                    f", full dev {row['full_dev']['ndcg@10']:.4f}" if "full_dev" in row else "",
+                    " (recorded, skipped)" if recorded else "")
     scored = [r for r in summary["points"] if r["options"] in points]
     key = "full_dev" if args.full_dev else "fast_dev"
     summary["best"] = max(scored, key=lambda r: r[key]["ndcg@10"])["options"] if scored else None

@@ -1,5 +1,6 @@
 """``cmnrl``: sentence-transformers' ``CachedMultipleNegativesRankingLoss`` (GradCache, Gao et al. 2021,
-arXiv:2101.06983) with the contrastive baseline's settings (cosine similarity, scale 20).
+arXiv:2101.06983) with the contrastive baseline's settings (cosine similarity, scale ``mnrl_scale``, 20 by
+default).
 
 The loss is MNRL's (:func:`~dpo_retrieval.losses.scores.mnrl_loss`), over the whole batch; the
 embeddings are computed in chunks of ``mini_batch_size`` texts, first without gradients, then again

@@ -3,7 +3,7 @@
 DPO only moves scores relative to the reference and to each other: the positive's absolute score
 may fall as long as the negatives fall faster. The MNRL (InfoNCE) term pulls the positive up against
 every passage of the batch, as RPO (Pang et al. 2024, arXiv:2404.19733) adds an NLL term to DPO.
-The MNRL part is the contrastive baseline's: cosine similarity, scale 20, in-batch and hard
+The MNRL part is the contrastive baseline's: cosine similarity, scale ``mnrl_scale`` (20), in-batch and hard
 negatives (sentence-transformers' ``MultipleNegativesRankingLoss``, recomputed in float32 by
 :func:`~dpo_retrieval.losses.scores.mnrl_loss`); the DPO part is :class:`~dpo_retrieval.losses.dpo.DPOLoss`
 with all its options.
@@ -18,7 +18,7 @@ from torch import Tensor
 from dpo_retrieval.losses.dpo import DPOLoss
 from dpo_retrieval.losses.scores import float32_math, in_batch_scores, mnrl_loss
 
-#: the contrastive baseline's MNRL (``--loss contrastive``): cosine similarity, scale 20
+#: the contrastive baseline's MNRL (``--loss contrastive``): cosine similarity, scale 20 (DPOArgs.mnrl_scale's default)
 MNRL_SIMILARITY, MNRL_SCALE = "cosine", 20.0
 
 

@@ -55,9 +55,10 @@ class TrainArgs(BaseModelArgs):
     queries: str | None = field(default=None, metadata={"help": "BEIR queries.jsonl to resolve id triplets"})
     loss: Literal["dpo", "contrastive", "dpr", "cmnrl", "dpo+mnrl", "sdpo"] = field(default="dpo", metadata={
         "help": "dpo: the DPO loss against a frozen reference; contrastive: MultipleNegativesRankingLoss (cosine, "
-                "scale 20, in-batch + hard negatives); dpr: the same with dot product and scale 1; cmnrl: the "
-                "contrastive loss with GradCache (CachedMultipleNegativesRankingLoss) for large batches, see "
-                "--mini-batch-size; dpo+mnrl: mnrl_weight*contrastive + (1-mnrl_weight)*dpo; sdpo: softmax DPO over "
+                "scale --mnrl-scale, default 20, in-batch + hard negatives); dpr: the same with dot product and "
+                "scale 1; cmnrl: the contrastive loss with GradCache (CachedMultipleNegativesRankingLoss) for large "
+                "batches, see --mini-batch-size; dpo+mnrl: mnrl_weight*contrastive + (1-mnrl_weight)*dpo; sdpo: "
+                "softmax DPO over "
                 "the batch, -log softmax_j(beta*scale*(s_j - sdpo_gamma*s_ref_j))[positive]"})
     max_seq_length: int = field(default=256, metadata={"help": "tokens per text"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in the output directory"})
@@ -92,7 +93,7 @@ class TrainArgs(BaseModelArgs):
 @dataclass
 class DPOArgs:
     """The DPO loss's options (read by dpo, dpo+mnrl and sdpo; dropout and on_nonfinite by every loss),
-    and the other losses' own (mnrl_weight, sdpo_gamma, mini_batch_size)."""
+    and the other losses' own (mnrl_weight, mnrl_scale, sdpo_gamma, mini_batch_size)."""
 
     beta: float | None = field(default=None, metadata={
         "help": "DPO beta: strength of the pull toward the reference (default by policy: linear 1, sigmoid 10)"})
@@ -118,8 +119,11 @@ class DPOArgs:
         "help": "dropout in the trained encoder: on = the model's own; off = p 0, so the DPO policy starts exactly "
                 "at the reference (TRL's DPO default)"})
     mnrl_weight: float = field(default=0.5, metadata={
-        "help": "dpo+mnrl: weight lambda in [0, 1] of the contrastive term (cosine, scale 20) in "
+        "help": "dpo+mnrl: weight lambda in [0, 1] of the contrastive term (cosine, scale mnrl_scale) in "
                 "lambda*MNRL + (1-lambda)*DPO; 1 is the contrastive loss, 0 is dpo"})
+    mnrl_scale: float = field(default=20.0, metadata={
+        "help": "the scale (inverse temperature) of the MNRL softmax over cosine scores for losses contrastive, "
+                "cmnrl and the MNRL term of dpo+mnrl (dpr stays dot product at scale 1); a finite number > 0"})
     sdpo_gamma: float = field(default=1.0, metadata={
         "help": "sdpo: share gamma in [0, 1] of the reference's scores subtracted, "
                 "-log softmax_j(beta*scale*(s_j - gamma*s_ref_j)); 0 is the contrastive loss at scale beta*scale "
@@ -146,6 +150,7 @@ class DPOArgs:
             (0.0 <= self.label_smoothing < 0.5, f"label_smoothing: must be in [0, 0.5), got {self.label_smoothing}"),
             (positive(self.hinge_margin), f"hinge_margin: must be a finite number > 0, got {self.hinge_margin}"),
             (0.0 <= self.mnrl_weight <= 1.0, f"mnrl_weight: must be in [0, 1], got {self.mnrl_weight}"),
+            (positive(self.mnrl_scale), f"mnrl_scale: must be a finite number > 0, got {self.mnrl_scale}"),
             (0.0 <= self.sdpo_gamma <= 1.0, f"sdpo_gamma: must be in [0, 1], got {self.sdpo_gamma}"),
             (isinstance(self.mini_batch_size, int) and self.mini_batch_size > 0,
              f"mini_batch_size: must be an integer > 0, got {self.mini_batch_size}"),

@@ -63,19 +63,21 @@ def build_loss(loss: str, model, dpo: DPOArgs | None = None, reference=None, ref
     if loss == "dpo":
         return DPOLoss(model, **options)
     if loss == "dpo+mnrl":
-        return DPOMNRLLoss(model, mnrl_weight=dpo.mnrl_weight, **options)
+        return DPOMNRLLoss(model, mnrl_weight=dpo.mnrl_weight, mnrl_scale=dpo.mnrl_scale, **options)
     if loss == "sdpo":  # reference_free drops the reference: gamma 0
         return SDPOLoss(model, beta=dpo.beta, scale=dpo.scale, gamma=0.0 if dpo.reference_free else dpo.sdpo_gamma,
                         reference=reference, reference_similarity=reference_similarity)
     # under DDP the contrastive baselines score each query against every rank's passages, as one process would
     gather = world_size() > 1
     if loss == "cmnrl":
-        return cached_mnrl(model, mini_batch_size=dpo.mini_batch_size, gather_across_devices=gather)
+        return cached_mnrl(model, mini_batch_size=dpo.mini_batch_size, scale=dpo.mnrl_scale,
+                           gather_across_devices=gather)
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.util import cos_sim, dot_score
 
     if loss == "contrastive":
-        return MultipleNegativesRankingLoss(model, scale=20.0, similarity_fct=cos_sim, gather_across_devices=gather)
+        return MultipleNegativesRankingLoss(model, scale=dpo.mnrl_scale, similarity_fct=cos_sim,
+                                            gather_across_devices=gather)
     if loss == "dpr":  # Karpukhin et al. 2020: dot product, no temperature
         return MultipleNegativesRankingLoss(model, scale=1.0, similarity_fct=dot_score, gather_across_devices=gather)
     raise ValueError(f"Unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
