@@ -133,3 +133,40 @@ def test_sweep_command_takes_the_grid_file(tmp_path, tiny_model_path, mined, cap
     assert len(saved["points"]) == 1 and saved["sweep"]["fast_depth"] == 3
     assert main(["--quiet", "sweep", str(grid), "--fast-depth", "0"]) == 2
     assert "--fast-depth: must be > 0" in capsys.readouterr().err
+
+
+def test_sweep_results_file_carries_pool_and_drift(tmp_path, tiny_model_path, mined, monkeypatch):
+    """``results`` elsewhere: each row has fast_depth and drift_dev (mean |s - s_ref| on the dev pool, larger
+    for the larger learning rate); a fresh OUTPUT resumes from that file alone - no training, no base
+    encoding; another fast_depth is not taken from rows scored at the old one."""
+    import dpo_retrieval.training as training
+
+    data, mine = mined
+    grid = _grid(tmp_path, data, mine, tiny_model_path, beta=[1.0], learning_rate=[1e-3, 1e-5])
+    results = tmp_path / "kept" / "tune.json"
+    results.parent.mkdir()
+    args = dict(grid=str(grid), fast_depth=3, eval_max_seq_length=32, precision="fp32", results=str(results))
+    first = run_sweep(SweepArgs(**args))
+    assert not (tmp_path / "sweep" / "sweep.json").exists() and results.exists()
+    saved = json.loads(results.read_text())
+    assert saved["fast_pool"]["depth"] == 3 and saved["fast_pool"]["base_run"]
+    drifts = [r["drift_dev"] for r in first["points"]]
+    for d in drifts:
+        assert d["pairs"] > 0 and d["pool"] > 0 and d["judged"] is not None
+    assert drifts[0]["pool"] > drifts[1]["pool"]  # lr 1e-3 moves the scores further than 1e-5
+
+    shutil.rmtree(tmp_path / "sweep")  # a fresh machine: only the results file is left
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    def no_encoding(*a, **k):
+        raise AssertionError("the pool was recomputed")
+
+    monkeypatch.setattr(training, "train", no_training)
+    monkeypatch.setattr("dpo_retrieval.experiment.fast_dev.candidate_pool", no_encoding)
+    again = run_sweep(SweepArgs(**args))
+    assert [r["fast_dev"] for r in again["points"]] == [r["fast_dev"] for r in first["points"]]
+    monkeypatch.undo()
+    deeper = run_sweep(SweepArgs(**{**args, "fast_depth": 4}))  # rows scored at depth 3 do not count
+    assert all(r["fast_depth"] == 4 for r in deeper["points"])

@@ -18,7 +18,11 @@ Option names are the fields of :class:`~dpo_retrieval.training.args.TrainArgs`,
 scores are written to ``OUTPUT/sweep.json`` as they come. A point whose row in ``OUTPUT/sweep.json``
 has its training key's hash (``train_hash``) and the scores this run asks for is neither trained nor
 scored again, even with ``points/`` gone (a results file copied into a fresh OUTPUT, or models deleted
-to save disk).
+to save disk); ``results`` puts that file elsewhere (e.g. under version control), and it also carries the
+fast dev pool and the base model's scores on it, so a fresh machine resumes without re-encoding.
+
+Each row's ``drift_dev`` is :func:`~dpo_retrieval.experiment.fast_dev.score_drift` of the point's pool
+scores against the base model's: the mean ``|s - s_ref|`` on held-out dev pairs (judged and not).
 
 The dev score is fast by default: each dev query re-ranks only its ``fast_depth`` best documents under
 the base model plus its judged documents, so a point encodes that pool instead of the corpus.
@@ -52,6 +56,10 @@ class SweepArgs(ScoringArgs, DeviceArgs):
 
     grid: str = field(metadata={"help": "grid file (.yaml/.yml/.json): dataset, mine, triplets, output, fixed, grid"})
     output: str | None = field(default=None, metadata={"help": "sweep directory (default: the grid file's output)"})
+    results: str | None = field(default=None, metadata={
+        "help": "results file (default: OUTPUT/sweep.json); an existing one is resumed: a point it records with the "
+                "same training key and fast depth is not trained or scored again, its fast dev pool is reused (so a "
+                "results file kept in git resumes on a machine without the models)"})
     fast_depth: int = field(default=20, metadata={
         "help": "fast dev score: each dev query re-ranks its top N documents under the base model plus its judged "
                 "documents (SciFact's 80 dev queries: N 100 pools 3,641 of 5,183 documents, N 20 1,285)"})
@@ -191,7 +199,7 @@ def run_sweep(args: SweepArgs) -> dict:
     from dpo_retrieval.data.triplets import load_triplets
     from dpo_retrieval.evaluation.metrics import evaluate_run, per_query_metrics, report_metrics
     from dpo_retrieval.experiment.compare import _read_qids
-    from dpo_retrieval.experiment.fast_dev import candidate_pool, score_pool
+    from dpo_retrieval.experiment.fast_dev import candidate_pool, score_drift, score_pool
     from dpo_retrieval.mining import subset_queries
     from dpo_retrieval.models import load_model, resolve_model_path
     from dpo_retrieval.retrieval.cache import model_id
@@ -222,7 +230,12 @@ def run_sweep(args: SweepArgs) -> dict:
     pool_stage = Stage(pool_file.with_suffix(".stage.json"), {"base": base_key, "dev": sorted(dev_qids),
                                                                "depth": args.fast_depth,
                                                                "max_seq_length": args.eval_max_seq_length})
-    if pool_stage.done() and pool_file.exists():
+    results_file = Path(args.results) if args.results else out / "sweep.json"
+    carried = json.loads(results_file.read_text()) if results_file.exists() else {}
+    fast_pool = carried.get("fast_pool") or {}
+    if fast_pool.get("key") == pool_stage.hash:
+        pool = fast_pool["pool"]
+    elif pool_stage.done() and pool_file.exists():
         pool = json.loads(pool_file.read_text())
     else:
         base = load_model(model_name, device=args.device, max_seq_length=args.eval_max_seq_length)
@@ -234,10 +247,16 @@ def run_sweep(args: SweepArgs) -> dict:
         del base
     pool_docs = len({d for c in pool.values() for d in c})
     logger.info("fast dev: %d queries re-rank %d pooled documents (of %d)", len(pool), pool_docs, len(dev.doc_ids))
+    base_run = fast_pool.get("base_run") if fast_pool.get("key") == pool_stage.hash else None
 
-    results_file = out / "sweep.json"
-    previous = json.loads(results_file.read_text()).get("points", []) if results_file.exists() else []
-    rows = {r["id"]: r for r in previous}
+    def reference_run():  # the base model's scores on the pool: the reference of each point's drift
+        nonlocal base_run
+        if base_run is None:
+            base = load_model(model_name, device=args.device, max_seq_length=args.eval_max_seq_length)
+            base_run = score_pool(base, dev, pool, batch_size=args.eval_batch_size, precision=args.precision)
+        return base_run
+
+    rows = {r["id"]: r for r in carried.get("points", [])}
     summary = {"grid": spec, "sweep": dataclasses.asdict(args), "dev_queries": len(dev_qids),
                "fast_pool_docs": pool_docs, "corpus_docs": len(dev.doc_ids), "points": []}
     digest = _file_digest(triplets)
@@ -245,13 +264,14 @@ def run_sweep(args: SweepArgs) -> dict:
         pid = fingerprint({"options": options, "triplets": str(triplets)})
         stage_key, train_hash = train_key(options, digest, base_key)
         row = rows.get(pid) or {}
-        if row.get("train_hash") != train_hash:
+        if row.get("train_hash") != train_hash or row.get("fast_depth") != args.fast_depth:
             row = {}
         need_full = args.full_dev and "full_dev" not in row
         recorded = "fast_dev" in row and not need_full  # scored with this training key: no model needed
         if not recorded:
             model_dir, train_s = _train_point(options, triplets, out / "points" / pid, args, stage_key)
-            row.update({"id": pid, "options": options, "train_hash": train_hash, "train_seconds": train_s})
+            row.update({"id": pid, "options": options, "train_hash": train_hash, "train_seconds": train_s,
+                        "fast_depth": args.fast_depth})
             model = load_model(str(model_dir), device=args.device, max_seq_length=args.eval_max_seq_length)
             if "fast_dev" not in row:
                 t0 = time.perf_counter()
@@ -260,6 +280,7 @@ def run_sweep(args: SweepArgs) -> dict:
                 row["fast_dev_per_query_ndcg@10"] = {q: m["ndcg@10"] for q, m in
                                                      per_query_metrics(dev.qrels, run).items()}
                 row["fast_dev_seconds"] = round(time.perf_counter() - t0, 2)
+                row["drift_dev"] = score_drift(run, reference_run(), dev.qrels)
             if need_full:
                 from dpo_retrieval.evaluation.evaluate import evaluate_model
 
@@ -275,6 +296,7 @@ def run_sweep(args: SweepArgs) -> dict:
         pairs = [(r["fast_dev"]["ndcg@10"], r["full_dev"]["ndcg@10"]) for r in summary["points"]
                  if "fast_dev" in r and "full_dev" in r]
         summary["agreement_ndcg@10"] = _spearman(pairs)
+        summary["fast_pool"] = {"key": pool_stage.hash, "depth": args.fast_depth, "pool": pool, "base_run": base_run}
         write_json(summary, results_file)
         logger.info("[sweep %d/%d] %s: fast dev nDCG@10 %.4f%s%s", i, len(points), options,
                     row["fast_dev"]["ndcg@10"],
