@@ -170,3 +170,19 @@ def test_sweep_results_file_carries_pool_and_drift(tmp_path, tiny_model_path, mi
     monkeypatch.undo()
     deeper = run_sweep(SweepArgs(**{**args, "fast_depth": 4}))  # rows scored at depth 3 do not count
     assert all(r["fast_depth"] == 4 for r in deeper["points"])
+
+
+def test_sweep_points_add_one_at_a_time_variations(tmp_path, tiny_model_path, mined):
+    from dpo_retrieval.experiment.sweep import sweep_points
+
+    data, mine = mined
+    spec = read_grid(_grid(tmp_path, data, mine, tiny_model_path, beta=[1.0, 2.0]))
+    spec["points"] = [{"loss_type": "hinge"}, {"beta": 2.0}]  # the second repeats a grid point
+    got = sweep_points(spec)
+    assert [(p["beta"] if "beta" in p else None, p.get("loss_type")) for p in got] == [
+        (1.0, None), (2.0, None), (None, "hinge")]
+    assert sweep_points({**spec, "grid": {}, "points": []}) == [spec["fixed"]]  # no grid: fixed alone
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"dataset": str(data), "mine": str(mine), "points": {"beta": 1}}))
+    with pytest.raises(UserInputError, match="points: must be a list"):
+        read_grid(bad)

@@ -10,6 +10,7 @@ A grid file (YAML or JSON)::
     output: runs/sweep
     fixed: {loss: dpo, max_seq_length: 128, per_device_train_batch_size: 32}
     grid: {beta: [0.3, 1, 3], learning_rate: [2.0e-5, 5.0e-5]}
+    points: [{dropout: "off"}, {policy: sigmoid}]   # optional: one-at-a-time variations of fixed
 
 Option names are the fields of :class:`~dpo_retrieval.training.args.TrainArgs`,
 :class:`~dpo_retrieval.training.args.DPOArgs` and sentence-transformers'
@@ -47,7 +48,7 @@ from dpo_retrieval.retrieval.args import DeviceArgs, ScoringArgs
 
 logger = logging.getLogger(__name__)
 
-GRID_KEYS = ("dataset", "mine", "triplets", "output", "fixed", "grid")
+GRID_KEYS = ("dataset", "mine", "triplets", "output", "fixed", "grid", "points")
 
 
 @dataclass
@@ -105,12 +106,27 @@ def read_grid(path: str | Path) -> dict:
     grid = {str(k).replace("-", "_"): (v if isinstance(v, list) else [v]) for k, v in grid.items()}
     if any(not v for v in grid.values()):
         raise UserInputError.at(p, None, "grid: every option needs at least one value")
+    points = data.get("points") or []
+    if not isinstance(points, list) or not all(isinstance(x, dict) for x in points):
+        raise UserInputError.at(p, None, "points: must be a list of mappings of option: value")
     base = p.parent
     resolve = lambda v: str((base / v) if not Path(v).is_absolute() and (base / v).exists() else v)  # noqa: E731
     return {"dataset": str(data["dataset"]), "mine": resolve(str(data["mine"])),
             "triplets": resolve(str(data["triplets"])) if data.get("triplets") else None,
             "output": data.get("output"), "fixed": {str(k).replace("-", "_"): v for k, v in fixed.items()},
-            "grid": grid}
+            "grid": grid, "points": [{str(k).replace("-", "_"): v for k, v in x.items()} for x in points]}
+
+
+def sweep_points(spec: dict) -> list[dict]:
+    """Every point's options: ``fixed`` plus each grid combination, then ``fixed`` plus each of the file's
+    explicit ``points`` (one-at-a-time variations); a repeated point once."""
+    combos = grid_points(spec["grid"]) if spec["grid"] or not spec.get("points") else []
+    out: list[dict] = []
+    for p in combos + list(spec.get("points") or []):
+        options = {**spec["fixed"], **p}
+        if options not in out:
+            out.append(options)
+    return out
 
 
 def grid_points(grid: dict) -> list[dict]:
@@ -216,7 +232,7 @@ def run_sweep(args: SweepArgs) -> dict:
         raise UserInputError.at(triplets, None, "no such triplet file")
     if not dev_qids:
         raise UserInputError.at(mine / "dev_qrels.tsv", None, "no dev queries (mine with a dev fraction > 0)")
-    points = [{**spec["fixed"], **p} for p in grid_points(spec["grid"])]
+    points = sweep_points(spec)
     for options in points:  # every point's options are checked before anything is trained
         split_options(options)
     load_triplets(str(triplets))
