@@ -1,0 +1,271 @@
+"""The study's report (``python scripts/study.py report``): from what benchmarks/results/study/ records, the
+final table (SciFact test, dev, dbpedia-entity-5k; seeds averaged; Holm over the tests against base and
+against the best contrastive model), the data-efficiency curve, drift against beta, harm rates, and the
+verdict on each criterion stated in configs/study/study.yaml before the finals ran.
+
+Writes benchmarks/results/study_scifact.json and .md, benchmarks/results/study/final_report/ (compare's
+report.json, report.md, forest.png ...), data_efficiency.png and drift_vs_beta.png.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from study import CONFIGS, KEPT, _write, plan
+
+TEST, DEV, OOD = "scifact", "scifact-dev", "dbpedia-entity-5k"
+METRIC = "NDCG@10"
+OUT = Path("benchmarks") / "results"
+
+
+def load_group(kept: Path) -> dict:
+    """``{"base": entry or None, "models": {model: {seed: entry}}}`` from a folder of exports."""
+    base = kept / "base.json"
+    models: dict[str, dict] = {}
+    for path in sorted(kept.glob("*/seed*.json")):
+        entry = json.loads(path.read_text())
+        models.setdefault(entry["model"], {})[entry["seed"]] = entry
+    return {"base": json.loads(base.read_text()) if base.exists() else None, "models": models}
+
+
+def compare_results(group: dict, names: list[str] | None = None) -> dict:
+    """The group as compare's ``results`` (``dataset_runs``: base + each model with its seeds)."""
+    runs: dict[str, dict] = {}
+    base = group["base"] or {"datasets": {}}
+    for ds, entry in base["datasets"].items():
+        runs.setdefault(ds, {"models": {}})["models"]["base"] = entry
+    for name in names or sorted(group["models"]):
+        for seed, e in sorted(group["models"].get(name, {}).items()):
+            for ds, entry in e["datasets"].items():
+                runs.setdefault(ds, {"models": {}})["models"].setdefault(name, {"seeds": {}})["seeds"][seed] = {
+                    **entry, "train_time_s": e.get("train_seconds")}
+    return {"dataset_runs": runs, "training_logs": {}, "config": {}}
+
+
+def seed_mean(group: dict, name: str, ds: str, metric: str = METRIC) -> float | None:
+    vals = [e["datasets"][ds]["metrics"][metric] for e in group["models"].get(name, {}).values() if ds in e["datasets"]]
+    return sum(vals) / len(vals) if vals else None
+
+
+def best_of(group: dict, candidates: list[str], ds: str = DEV) -> str | None:
+    """The candidate with the highest mean (over seeds) nDCG@10 on the dev split: chosen without test."""
+    scored = [(seed_mean(group, c, ds), c) for c in candidates if seed_mean(group, c, ds) is not None]
+    return max(scored)[1] if scored else None
+
+
+def final_pairs(models: list[str], best_contrastive: str | None) -> list[tuple[str, str]]:
+    pairs = [(m, "base") for m in models]
+    return pairs + [(m, best_contrastive) for m in models if best_contrastive and m != best_contrastive]
+
+
+def _comparison(report: dict, ds: str, a: str, b: str) -> dict | None:
+    for c in (report["datasets"].get(ds) or {}).get("comparisons", []):
+        if (c["a"], c["b"], c["metric"]) == (a, b, METRIC):
+            return c
+    return None
+
+
+def harm_tests(results: dict, ds: str, models: list[str], reference: str) -> dict:
+    """Per model: paired test of its per-query harm indicators (nDCG@10 below base by more than the margin,
+    seed-averaged scores) against ``reference``'s, Holm over the models."""
+    from dpo_retrieval.experiment.report import collapse_seeds
+    from dpo_retrieval.experiment.stats import HARM_MARGIN, compare_paired, holm
+
+    run = results["dataset_runs"].get(ds, {}).get("models", {})
+    if "base" not in run or reference not in run:
+        return {}
+    base = run["base"]["per_query"][METRIC]
+
+    def harmed(name):
+        pq = collapse_seeds(run[name])["per_query"][METRIC]
+        return {q: float(pq[q] < base[q] - HARM_MARGIN) for q in pq if q in base}
+
+    out = {m: compare_paired(harmed(m), harmed(reference)) for m in models if m in run and m != reference}
+    for m, p in zip(out, holm([r["p_ttest"] for r in out.values()])):
+        out[m]["p_holm"] = p
+    return out
+
+
+def verdicts(report: dict, harm: dict, data: dict, dpo_models: list[str], best_c: str | None) -> dict:
+    """Each criterion of configs/study/study.yaml, evaluated; ``closest``: the DPO-family model with the
+    highest SciFact test nDCG@10 difference from the best contrastive model."""
+    def diff(ds, m):
+        return _comparison(report, ds, m, best_c) if best_c else None
+
+    a, aim, c, closest = [], [], [], None
+    for m in dpo_models:
+        t, o = diff(TEST, m), diff(OOD, m)
+        if t is None:
+            continue
+        if closest is None or t["diff"] > closest[1]:
+            closest = (m, t["diff"])
+        ood_better = o is not None and o["diff"] > 0 and o["p_holm"] < 0.05
+        ood_not_worse = o is not None and (o["diff"] >= 0 or o["p_holm"] >= 0.05)
+        if t["ci_high"] >= 0 and ood_better:
+            a.append(m)
+        if t["diff"] > 0 and t["p_holm"] < 0.05 and ood_not_worse:
+            aim.append(m)
+        h = harm.get(m)
+        if h and h["diff"] < 0 and h["p_holm"] < 0.05 and t["p_holm"] >= 0.05:
+            c.append(m)
+    b = [f"{r['model']} at {r['size']}" for r in data.get("comparisons", [])
+         if r["size"] <= 200 and r["model"] in dpo_models and r["diff"] > 0 and r["p_holm"] < 0.05]
+    return {"best_contrastive": best_c,
+            "a_in_domain_within_ci_and_better_out_of_domain": {"holds": bool(a), "models": a},
+            "b_better_at_200_or_fewer_triplets": {"holds": bool(b), "models": b},
+            "c_lower_harm_at_equal_mean": {"holds": bool(c), "models": c},
+            "aim_beats_best_contrastive_with_ood_retention": {"holds": bool(aim), "models": aim},
+            "closest": {"model": closest[0], "scifact_test_diff": closest[1]} if closest else None}
+
+
+def data_section(p: dict, finals: dict) -> dict:
+    """Mean ± std over seeds of SciFact test nDCG@10 per model and size ("all" from the finals' seeds in
+    data_seeds), and each DPO-family model against the contrastive one at each size (paired over queries,
+    seed-averaged, Holm over the section)."""
+    from dpo_retrieval.experiment.report import collapse_seeds
+    from dpo_retrieval.experiment.stats import compare_paired, holm, mean_std
+
+    groups = {n: load_group(KEPT / "data" / f"n{n}") for n in p["data_sizes"]}
+    groups["all"] = {"base": finals["base"], "models": {m: {s: e for s, e in finals["models"].get(m, {}).items()
+                                                            if s in p["data_seeds"]} for m in p["data_models"]}}
+    rows, comps = [], []
+    reference = p["data_models"][0]
+    for size, g in groups.items():
+        res = compare_results(g, p["data_models"]).get("dataset_runs", {}).get(TEST, {}).get("models", {})
+        for m in p["data_models"]:
+            vals = [e["datasets"][TEST]["metrics"][METRIC] for e in g["models"].get(m, {}).values()
+                    if TEST in e["datasets"]]
+            mean, std = mean_std(vals)
+            rows.append({"size": size, "model": m, "mean": mean, "std": std, "seeds": sorted(g["models"].get(m, {}))})
+            if m != reference and m in res and reference in res:
+                r = compare_paired(collapse_seeds(res[m])["per_query"][METRIC],
+                                   collapse_seeds(res[reference])["per_query"][METRIC])
+                comps.append({"size": size if size != "all" else 10**9, "label": str(size), "model": m,
+                              "against": reference, **r})
+    for c, ph in zip(comps, holm([c["p_ttest"] for c in comps])):
+        c["p_holm"] = ph
+    return {"rows": rows, "comparisons": comps, "reference": reference}
+
+
+def drift_section() -> dict:
+    rows = []
+    for path in sorted(KEPT.glob("tune_*.json")):
+        for r in json.loads(path.read_text()).get("points", []):
+            if r.get("drift_dev") and r["options"].get("loss", "dpo") in ("dpo", "dpo+mnrl", "sdpo"):
+                rows.append({"sweep": path.stem[5:], "options": r["options"], "beta": r["options"].get("beta"),
+                             "learning_rate": r["options"].get("learning_rate"), "drift": r["drift_dev"],
+                             "fast_dev_ndcg@10": r["fast_dev"]["ndcg@10"]})
+    return {"tuning_points": rows}
+
+
+def _plots(data: dict, drift: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if data["rows"]:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m in dict.fromkeys(r["model"] for r in data["rows"]):
+            pts = [r for r in data["rows"] if r["model"] == m and r["mean"] is not None]
+            xs = list(range(len(pts)))
+            ax.errorbar(xs, [r["mean"] for r in pts], yerr=[r["std"] or 0 for r in pts], marker="o", capsize=3,
+                        label=m)
+            ax.set_xticks(xs, [str(r["size"]) for r in pts])
+        ax.set_xlabel("training triplets")
+        ax.set_ylabel("SciFact test nDCG@10 (mean ± std over seeds)")
+        ax.legend()
+        path = KEPT / "data_efficiency.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(str(path))
+    pts = [r for r in drift["tuning_points"] if r["beta"] is not None]
+    if pts:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for lr in sorted({r["learning_rate"] for r in pts}):
+            sel = sorted((r for r in pts if r["learning_rate"] == lr), key=lambda r: r["beta"])
+            a1.plot([r["beta"] for r in sel], [r["drift"]["pool"] for r in sel], marker="o", label=f"lr {lr:g}")
+            a2.scatter([r["drift"]["pool"] for r in sel], [r["fast_dev_ndcg@10"] for r in sel], label=f"lr {lr:g}")
+        a1.set_xscale("log")
+        a1.set_xlabel("beta")
+        a1.set_ylabel("mean |s - s_ref| on dev pool pairs")
+        a2.set_xlabel("mean |s - s_ref| on dev pool pairs")
+        a2.set_ylabel("fast dev nDCG@10")
+        a1.legend()
+        path = KEPT / "drift_vs_beta.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(str(path))
+    return written
+
+
+def write_study_report() -> dict:
+    from dpo_retrieval.experiment.report import write_report
+
+    p = plan()
+    finals = load_group(KEPT / "final")
+    models = list(finals["models"])
+    best_c = best_of(finals, [m for m in p["contrastive_models"] if m in finals["models"]])
+    results = compare_results(finals, models)
+    report = (write_report(results, KEPT / "final_report", pairs=final_pairs(models, best_c), metrics=[METRIC])["report"]
+              if finals["models"] else {"datasets": {}})
+    harm = harm_tests(results, TEST, [m for m in p["dpo_models"] if m in models], best_c) if best_c else {}
+    data = data_section(p, finals)
+    drift = drift_section()
+    tuning = {path.stem[5:]: {"points": len(s.get("points", [])), "best": s.get("best"),
+                              "best_fast_dev_ndcg@10": max((r["fast_dev"]["ndcg@10"] for r in s.get("points", [])),
+                                                           default=None)}
+              for path in sorted(KEPT.glob("tune_*.json")) for s in [json.loads(path.read_text())]}
+    out = {"command": "python scripts/study.py report", "plan": str(CONFIGS / "study.yaml"), "tuning": tuning,
+           "final": {"best_contrastive": best_c, "seeds": {m: sorted(s) for m, s in finals["models"].items()},
+                     "report": str(KEPT / "final_report" / "report.json"),
+                     "rows": {ds: d["rows"] for ds, d in report["datasets"].items()},
+                     "comparisons": {ds: d["comparisons"] for ds, d in report["datasets"].items()}},
+           "harm_vs_best_contrastive": harm, "data_efficiency": data, "drift": drift,
+           "verdicts": verdicts(report, harm, data, p["dpo_models"], best_c) if finals["models"] else None,
+           "plots": _plots(data, drift)}
+    _write(OUT / "study_scifact.json", out)
+    (OUT / "study_scifact.results.md").write_text(render(out))
+    print(render(out))
+    return out
+
+
+def _f(x, nd=4):
+    return "—" if x is None else f"{x:.{nd}f}"
+
+
+def render(out: dict) -> str:
+    lines = ["# Study results (generated by `python scripts/study.py report`; do not edit)", ""]
+    lines += ["## Tuning on dev (fast dev nDCG@10)", "", "| sweep | points | best fast dev | best options |",
+              "|---|---:|---:|---|"]
+    lines += [f"| {k} | {v['points']} | {_f(v['best_fast_dev_ndcg@10'])} | `{json.dumps(v['best'])}` |"
+              for k, v in out["tuning"].items()]
+    fin = out["final"]
+    for ds, rows in fin["rows"].items():
+        lines += ["", f"## Finals: {ds} (mean ± std over seeds)", "", "| model | seeds | nDCG@10 | harm rate |",
+                  "|---|---:|---:|---:|"]
+        for r in rows:
+            std = (r.get("std") or {}).get(METRIC)
+            harm = "—" if r.get("harm_rate") is None else f"{100 * r['harm_rate']:.1f}%"
+            spread = "" if std is None else " ± " + _f(std)
+            lines.append(f"| {r['model']} | {len(r['seeds'])} | {_f(r[METRIC])}{spread} | {harm} |")
+        lines += ["", "| A − B | diff | 95% CI | p (Holm) |", "|---|---:|---:|---:|"]
+        lines += [f"| {c['a']} − {c['b']} | {c['diff']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | "
+                  f"{c['p_holm']:.3g} |" for c in fin["comparisons"].get(ds, [])]
+    lines += ["", "## Data efficiency (SciFact test nDCG@10)", "", "| triplets | model | mean ± std | seeds |",
+              "|---|---|---:|---|"]
+    lines += [f"| {r['size']} | {r['model']} | {_f(r['mean'])} ± {_f(r['std'])} | {r['seeds']} |"
+              for r in out["data_efficiency"]["rows"]]
+    v = out.get("verdicts")
+    if v:
+        lines += ["", f"## Criteria (best contrastive model, chosen on dev: {v['best_contrastive']})", ""]
+        lines += [f"- {k}: {'holds' if x['holds'] else 'does not hold'} {x['models'] or ''}"
+                  for k, x in v.items() if isinstance(x, dict) and "holds" in x]
+        if v.get("closest"):
+            lines.append(f"- closest DPO-family model: {v['closest']['model']} "
+                         f"({v['closest']['scifact_test_diff']:+.4f} nDCG@10 against the best contrastive model)")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,146 @@
+"""scripts/study.py and study_report.py: model names, exports, resumable bookkeeping, the report's choices
+(best contrastive model on dev, the Holm family) and the criteria, on synthetic recorded results."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture()
+def study(tmp_path, monkeypatch):
+    """The two scripts with benchmarks/results/study and configs/study moved into tmp_path."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    for name in ("study", "study_report"):
+        sys.modules.pop(name, None)
+    mod = importlib.import_module("study")
+    rep = importlib.import_module("study_report")
+    kept, configs = tmp_path / "kept", tmp_path / "configs"
+    configs.mkdir()
+    for m in (mod, rep):
+        monkeypatch.setattr(m, "KEPT", kept)
+        monkeypatch.setattr(m, "CONFIGS", configs)
+    monkeypatch.setattr(rep, "OUT", tmp_path / "out")
+    (configs / "study.yaml").write_text(yaml.safe_dump({
+        "fast_depth": 20, "seeds": [1, 2, 3], "data_sizes": [64], "data_seeds": [1, 2],
+        "data_models": ["mnrl", "dpo"], "contrastive_models": ["mnrl", "cmnrl"],
+        "dpo_models": ["dpo", "sdpo"]}))
+    return mod, rep, kept, configs
+
+
+def test_model_dir_names(study):
+    mod = study[0]
+    assert mod.parse_model_dir("dpo-seed3") == ("dpo", 3)
+    assert mod.parse_model_dir("dpo-mnrl-seed12") == ("dpo-mnrl", 12)
+    assert mod.parse_model_dir("contrastive-seed2-wiseft0.5") == ("contrastive-wiseft0.5", 2)
+    assert mod.parse_model_dir("base") == ("base", None)
+
+
+def test_final_models_lists_wise_ft_per_variant(study, tmp_path):
+    mod = study[0]
+    cfg = tmp_path / "final.yaml"
+    cfg.write_text(yaml.safe_dump({"losses": ["mnrl", "dpo"], "variants": {"mnrl": {"loss": "contrastive",
+                                                                                  "wise_ft": [0.5]}}}))
+    assert mod.final_models(cfg) == ["mnrl", "mnrl-wiseft0.5", "dpo"]
+    assert mod.final_models(cfg, ["dpo"]) == ["dpo"]
+
+
+def _eval_json(qids, rng, shift):
+    per_query = {q: {"ndcg@10": float(np.clip(0.5 + shift + rng.normal(0, 0.1), 0, 1)), "recall@100": 0.9,
+                     "map@100": 0.4, "mrr@10": 0.5} for q in qids}
+    metrics = {k: float(np.mean([r[k] for r in per_query.values()])) for k in ("ndcg@10", "recall@100", "map@100",
+                                                                               "mrr@10")}
+    return {"metrics": metrics, "per_query": per_query, "timings": {"encode_s": 1.0}}
+
+
+def test_export_run_and_recorded_seeds(study, tmp_path):
+    """A compare run directory -> one file per (model, seed) with every evaluation set; only the asked
+    seeds; recorded_seeds counts a seed only when every model has it from this config."""
+    mod = study[0]
+    run, kept = tmp_path / "run", tmp_path / "kept" / "final"
+    rng = np.random.default_rng(0)
+    for name in ("base", "dpo-seed1", "dpo-seed2", "mnrl-seed1", "mnrl-seed1-wiseft0.5"):
+        for ds in ("scifact", "scifact-dev"):
+            path = run / "eval" / name / f"{ds}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(_eval_json([f"q{i}" for i in range(5)], rng, 0.0)))
+            path.with_suffix(".stage.json").write_text("{}")
+        (run / "models").mkdir(exist_ok=True)
+        (run / "models" / f"{name}.stage.json").write_text(json.dumps({"key": {"train": {"loss": "x"}},
+                                                                       "train_seconds": 12.5}))
+    written = mod.export_run(run, kept, config_sha="abc", seeds=[1])
+    assert sorted(p.relative_to(kept).as_posix() for p in written) == [
+        "base.json", "dpo/seed1.json", "mnrl-wiseft0.5/seed1.json", "mnrl/seed1.json"]
+    entry = json.loads((kept / "dpo" / "seed1.json").read_text())
+    assert entry["seed"] == 1 and entry["train_seconds"] == 12.5 and set(entry["datasets"]) == {"scifact",
+                                                                                                "scifact-dev"}
+    assert set(entry["datasets"]["scifact"]["per_query"]["NDCG@10"]) == {f"q{i}" for i in range(5)}
+    assert mod.recorded_seeds(kept, ["dpo", "mnrl"], "abc") == {1}
+    assert mod.recorded_seeds(kept, ["dpo", "mnrl"], "other config") == set()
+    assert mod.recorded_seeds(kept, ["dpo", "sdpo"], "abc") == set()
+
+
+def _export(kept: Path, model: str, seed, shifts: dict, n=300, rng=None):
+    rng = rng or np.random.default_rng(abs(hash((model, seed))) % 2**32)
+    datasets = {}
+    for ds, shift in shifts.items():
+        pq = {f"{ds}-q{i}": float(np.clip(0.5 + 0.3 * np.sin(i) + shift + rng.normal(0, 0.02), 0, 1))
+              for i in range(n)}
+        datasets[ds] = {"metrics": {"NDCG@10": float(np.mean(list(pq.values())))}, "per_query": {"NDCG@10": pq}}
+    path = kept / ("base.json" if model == "base" else f"{model}/seed{seed}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"model": model, "seed": seed, "datasets": datasets, "train_seconds": 10.0}))
+
+
+def test_report_picks_best_contrastive_on_dev_and_judges_the_criteria(study):
+    """cmnrl is best on dev but worse on test: it is still 'the best contrastive model' (chosen without
+    test); sdpo beats it on test and out of domain -> the aim holds for sdpo; dpo is level in domain and
+    better out of domain -> criterion (a) holds for dpo; the Holm family is the listed pairs on nDCG@10."""
+    _, rep, kept, _ = study
+    final = kept / "final"
+    _export(final, "base", None, {"scifact": 0.0, "scifact-dev": 0.0, "dbpedia-entity-5k": 0.0})
+    shifts = {"mnrl": (0.03, 0.02, -0.02), "cmnrl": (0.02, 0.05, -0.02), "dpo": (0.02, 0.0, 0.03),
+              "sdpo": (0.08, 0.03, 0.0)}
+    for model, (test, dev, ood) in shifts.items():
+        for seed in (1, 2, 3):
+            _export(final, model, seed, {"scifact": test, "scifact-dev": dev, "dbpedia-entity-5k": ood})
+    for seed in (1, 2):  # data efficiency at 64 triplets: dpo far above mnrl
+        _export(kept / "data" / "n64", "mnrl", seed, {"scifact": 0.0})
+        _export(kept / "data" / "n64", "dpo", seed, {"scifact": 0.05})
+    _export(kept / "data" / "n64", "base", None, {"scifact": 0.0})
+    out = rep.write_study_report()
+    assert out["final"]["best_contrastive"] == "cmnrl"
+    comps = out["final"]["comparisons"]["scifact"]
+    assert {(c["a"], c["b"]) for c in comps} == {(m, "base") for m in shifts} | {
+        (m, "cmnrl") for m in ("mnrl", "dpo", "sdpo")}
+    assert {c["metric"] for c in comps} == {"NDCG@10"}
+    v = out["verdicts"]
+    assert v["aim_beats_best_contrastive_with_ood_retention"] == {"holds": True, "models": ["sdpo"]}
+    assert "dpo" in v["a_in_domain_within_ci_and_better_out_of_domain"]["models"]
+    assert v["b_better_at_200_or_fewer_triplets"]["holds"] and v["closest"]["model"] == "sdpo"
+    rows = {(r["size"], r["model"]): r for r in out["data_efficiency"]["rows"]}
+    assert rows[(64, "dpo")]["seeds"] == [1, 2] and rows[("all", "dpo")]["seeds"] == [1, 2]  # data_seeds only
+    md = (rep.OUT / "study_scifact.results.md").read_text()
+    assert "sdpo − cmnrl" in md and "holds" in md
+    assert (kept / "final_report" / "report.json").exists() and (kept / "data_efficiency.png").exists()
+
+
+def test_best_point_spans_several_sweeps(study):
+    mod, _, kept, _ = study
+    kept.mkdir(parents=True)
+    for name, scores in (("dpo", [0.61, 0.64]), ("dpo_epochs", [0.66, 0.60])):
+        (kept / f"tune_{name}.json").write_text(json.dumps({"points": [
+            {"options": {"loss": "dpo", "n": i, "sweep": name}, "fast_dev": {"ndcg@10": s}}
+            for i, s in enumerate(scores)]}))
+    assert mod.best_point(["dpo"])["options"]["n"] == 1
+    assert mod.best_point(["dpo", "dpo_epochs"])["options"] == {"loss": "dpo", "n": 0, "sweep": "dpo_epochs"}
+    with pytest.raises(SystemExit, match="needs the sweep cmnrl first"):
+        mod.best_point(["cmnrl"])
