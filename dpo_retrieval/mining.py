@@ -108,13 +108,14 @@ def split_query_texts(dataset_path, split: str) -> list[str]:
 
 
 def dense_candidates(model, dataset, qids: list[str], depth: int, *, embeddings_cache=None,
-                     precision: str = "auto", batch_size: int = 64,
-                     model_key: str | None = None) -> dict[str, list[tuple[str, float]]]:
+                     precision: str = "auto", batch_size: int = 64, model_key: str | None = None,
+                     show_progress_bar: bool | None = None) -> dict[str, list[tuple[str, float]]]:
     """Top-``depth`` documents per query from the model through an exact FAISS index."""
     from dpo_retrieval.retrieval.search import search_dataset
 
     found = search_dataset(model, subset_queries(dataset, qids), depth, precision=precision, batch_size=batch_size,
-                           embeddings_cache=embeddings_cache, model_key=model_key)
+                           embeddings_cache=embeddings_cache, model_key=model_key,
+                           show_progress_bar=show_progress_bar)
     return {q: sorted(hits.items(), key=lambda x: -x[1]) for q, hits in found["run"].items()}
 
 
@@ -233,13 +234,15 @@ def leak_free_split(dataset, cfg: MineArgs, exclude_texts=()) -> tuple[list[str]
 
 
 def mine(model, dataset, output_dir, cfg: MineArgs, *, embeddings_cache=None, precision: str = "auto",
-         batch_size: int = 64, exclude_texts=(), model_key: str | None = None) -> dict:
+         batch_size: int = 64, exclude_texts=(), model_key: str | None = None,
+         show_progress_bar: bool | None = None) -> dict:
     """Mine ``dataset`` (a BEIR train split) into ``output_dir``: ``triplets.jsonl``, ``train_qrels.tsv``,
     ``dev_qrels.tsv`` and ``mining.json`` (settings and counts). Returns the ``mining.json`` content.
 
     ``exclude_texts``: query texts never to train on or hold out for dev (the test queries); a train
     query with one of these texts (or with a dev query's text) is dropped, and mining.json says which.
-    ``model_key``: identifies ``model`` in the embeddings cache's key (see ``retrieval.cache.encoding_key``)."""
+    ``model_key``: identifies ``model`` in the embeddings cache's key (see ``retrieval.cache.encoding_key``).
+    ``show_progress_bar``: the corpus encoding's bar (None: shown when logging is at INFO)."""
     from dpo_retrieval.data.triplets import save_triplets
 
     start = time.perf_counter()
@@ -256,7 +259,8 @@ def mine(model, dataset, output_dir, cfg: MineArgs, *, embeddings_cache=None, pr
         if embeddings_cache is None:
             embeddings_cache = output_dir / "corpus_embeddings.npy"
         candidates = dense_candidates(model, dataset, train_q, cfg.rank_max, embeddings_cache=embeddings_cache,
-                                      precision=precision, batch_size=batch_size, model_key=model_key)
+                                      precision=precision, batch_size=batch_size, model_key=model_key,
+                                      show_progress_bar=show_progress_bar)
         pos_scores = (_positive_scores(model, dataset, train_q, embeddings_cache, precision)
                       if cfg.margin is not None else None)
     else:

@@ -36,8 +36,14 @@ RUNS = {
     "scifact_quick_dropout_off": ["--dataset", "scifact", "--preset", "quick", "--dropout", "off",
                                   "--output", "runs/scifact-quick-dropout-off"],
     "scifact_full": ["--dataset", "scifact", "--preset", "full", "--output", "runs/scifact-full"],
+    # issue 11: every loss once on the quick preset (seed 42, fp32), and DPO's hinge loss type
+    "scifact_quick_losses": ["--dataset", "scifact", "--preset", "quick", "--losses", "contrastive,cmnrl,dpo,dpo+mnrl,sdpo",
+                             "--precision", "fp32", "--output", "runs/losses-quick"],
+    "scifact_quick_hinge": ["--dataset", "scifact", "--preset", "quick", "--losses", "dpo", "--loss_type", "hinge",
+                            "--precision", "fp32", "--output", "runs/losses-quick-hinge"],
 }
-ALIASES = {"quick": "scifact_quick", "dropout": "scifact_quick_dropout_off", "full": "scifact_full"}
+ALIASES = {"quick": "scifact_quick", "dropout": "scifact_quick_dropout_off", "full": "scifact_full",
+           "losses": "scifact_quick_losses", "hinge": "scifact_quick_hinge"}
 
 
 def _write(path: Path, obj) -> None:
@@ -49,16 +55,20 @@ def _write(path: Path, obj) -> None:
 QUICK_DIR = ROOT / "runs" / "scifact-quick"
 
 
-def reuse_mining(out_dir: Path) -> bool:
-    """Copy the quick run's mining stage and base corpus embeddings into a new run directory."""
-    if out_dir.exists() or not (QUICK_DIR / "mine.stage.json").exists():
+#: where a run copies its mining from (default: the quick run)
+REUSE_FROM = {"scifact_quick_hinge": ROOT / "runs" / "losses-quick"}
+
+
+def reuse_mining(out_dir: Path, source: Path = QUICK_DIR) -> bool:
+    """Copy a run's mining stage and base corpus embeddings into a new run directory."""
+    if out_dir.exists() or not (source / "mine.stage.json").exists():
         return False
     out_dir.mkdir(parents=True)
-    shutil.copytree(QUICK_DIR / "mine", out_dir / "mine")
-    shutil.copy2(QUICK_DIR / "mine.stage.json", out_dir / "mine.stage.json")
-    if (QUICK_DIR / "embeddings" / "base").is_dir():
-        shutil.copytree(QUICK_DIR / "embeddings" / "base", out_dir / "embeddings" / "base")
-    (out_dir / "REUSED_MINING").write_text("mine/ and embeddings/base/ copied from runs/scifact-quick\n")
+    shutil.copytree(source / "mine", out_dir / "mine")
+    shutil.copy2(source / "mine.stage.json", out_dir / "mine.stage.json")
+    if (source / "embeddings" / "base").is_dir():
+        shutil.copytree(source / "embeddings" / "base", out_dir / "embeddings" / "base")
+    (out_dir / "REUSED_MINING").write_text(f"mine/ and embeddings/base/ copied from {source.relative_to(ROOT)}\n")
     return True
 
 
@@ -68,8 +78,9 @@ def run_one(name: str) -> None:
     command = "dpo-retrieval compare " + " ".join(args)
     out_dir = ROOT / args[args.index("--output") + 1]
     resumed = (out_dir / "config.json").exists()
-    if name != "scifact_quick":
-        reuse_mining(out_dir)
+    source = REUSE_FROM.get(name, QUICK_DIR)
+    if name not in ("scifact_quick", "scifact_quick_losses"):
+        reuse_mining(out_dir, source)
     reused = (out_dir / "REUSED_MINING").exists()
     print(f"[{name}] {command}" + (" (resuming)" if resumed else ""), flush=True)
     load_start = os.getloadavg()
@@ -82,7 +93,7 @@ def run_one(name: str) -> None:
         "environment": "DPO_RETRIEVAL_DATA=../shared/data/beir (BEIR folder), HF_HUB_OFFLINE=1",
         "wall_time_s": round(wall, 1),
         "resumed_from_an_earlier_invocation": resumed,
-        "reused_mining_from": "runs/scifact-quick" if reused else None,
+        "reused_mining_from": str(source.relative_to(ROOT)) if reused else None,
         "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "cpu": cpu_name(),

@@ -424,10 +424,15 @@ def test_compare_wise_ft_evaluates_the_interpolated_model(tmp_path, tiny_model_p
     assert (merged / "model.safetensors").stat().st_mtime_ns == stamp  # the merge stage is skipped
 
 
-def test_compare_variants(tmp_path, tiny_model_path):
+def test_compare_variants(tmp_path, tiny_model_path, capsys, caplog):
     """Named variants: each trains its loss with its own options on the run's triplets, under its own name
-    (models/, eval/, report rows); a variant named after a loss needs no loss; wise_ft per variant."""
+    (models/, eval/, report rows); a variant named after a loss needs no loss; wise_ft per variant.
+    show_progress_bar=False: no encoding bar anywhere, mining's included, even with logging at INFO."""
+    import logging
+
     from dpo_retrieval.experiment.compare import CompareArgs, run_compare
+
+    caplog.set_level(logging.INFO, logger="dpo_retrieval")
     from dpo_retrieval.mining import MineArgs
 
     data = write_tiny_beir(tmp_path / "tiny")
@@ -441,6 +446,7 @@ def test_compare_variants(tmp_path, tiny_model_path):
                       show_progress_bar=False, losses="dpo,dpo-hinge,contrastive,dpo-sigmoid",
                       variants=json.dumps(variants))
     run_compare(cfg)
+    assert "Encoding" not in capsys.readouterr().err
     stages = {n: json.loads((out / "models" / f"{n}.stage.json").read_text())["key"]["train"]
               for n in ("dpo", "dpo-hinge", "contrastive", "dpo-sigmoid")}
     assert stages["dpo"]["loss"] == stages["dpo-hinge"]["loss"] == "dpo"

@@ -259,7 +259,7 @@ def run_compare(cfg: CompareArgs) -> dict:
         mine_stage.start()
         info = mine(base, train_split, mine_dir, cfg.mining, precision=cfg.precision, batch_size=cfg.eval_batch_size,
                     embeddings_cache=emb_dir / "base" / f"{train_split.name}.npy", exclude_texts=test_texts,
-                    model_key=base_id)
+                    model_key=base_id, show_progress_bar=cfg.show_progress_bar)
         mine_stage.finish(**info)
 
     # 2. the triplets every loss trains on ------------------------------------------------------
