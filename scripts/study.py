@@ -8,6 +8,7 @@ whether the session's CPU has fast bf16.
 
     export DPO_RETRIEVAL_DATA=../shared/data/beir
     python scripts/study.py tune contrastive dpo          # dev sweeps: configs/study/tune_<name>.yaml
+    python scripts/study.py freeze                        # configs/study/final.yaml from the best dev points
     python scripts/study.py finals                        # configs/study/final.yaml, seeds of study.yaml
     python scripts/study.py data                          # data efficiency: sizes x seeds of study.yaml
     python scripts/study.py report                        # study_scifact.{json,md} + plots
@@ -131,6 +132,55 @@ def tune(names: list[str]) -> None:
         summary = run_sweep(SweepArgs(grid=str(resolved_grid(name)), results=str(KEPT / f"tune_{name}.json"),
                                       precision="fp32", fast_depth=plan()["fast_depth"]))
         print(f"tune {name}: best {summary['best']}")
+
+
+# ---------------------------------------------------------------------------------------------- freeze
+#: the finals' models: name -> (the sweeps its best dev point is taken from, a filter on their rows)
+FINALS = {
+    "mnrl": (["contrastive", "contrastive_epochs"], lambda o: o["loss"] == "contrastive"),
+    "cmnrl": (["cmnrl", "cmnrl_epochs"], lambda o: o["loss"] == "cmnrl"),
+    "dpo": (["dpo", "dpo_epochs", "dpo_knobs"], lambda o: o["loss"] == "dpo"),
+    "dpo-mnrl": (["variants"], lambda o: o["loss"] == "dpo+mnrl"),
+    "sdpo": (["variants"], lambda o: o["loss"] == "sdpo"),
+    "dpo-hinge": (["variants"], lambda o: o["loss"] == "dpo" and o.get("loss_type") == "hinge"),
+}
+#: the run-level settings every final shares (compare's names); a variant holds what its tuning changed
+FINAL_RUN = {"dataset": "scifact", "preset": "full", "train_max_seq_length": 128, "per_device_train_batch_size": 32,
+             "num_train_epochs": 1.0, "warmup_steps": 0.1, "seed": 42, "precision": "fp32",
+             "eval_datasets": ["dbpedia-entity-5k"]}
+_SWEEP_ONLY = {"max_seq_length", "seed", "loss"}
+
+
+def variant_of(options: dict) -> dict:
+    """A sweep point's options as a compare variant (``loss`` + what differs from the shared run settings)."""
+    out = {"loss": options["loss"]}
+    for k, v in options.items():
+        if k in _SWEEP_ONLY or FINAL_RUN.get(k) == v:
+            continue
+        out[k] = v
+    if options.get("max_seq_length", 128) != FINAL_RUN["train_max_seq_length"]:
+        out["train_max_seq_length"] = options["max_seq_length"]
+    return out
+
+
+def freeze() -> Path:
+    """configs/study/final.yaml from the best dev point of each model's sweeps (WiSE-FT 0.5 of mnrl)."""
+    import yaml
+
+    variants = {}
+    for name, (sweeps, keep) in FINALS.items():
+        rows = [r for s in sweeps if (KEPT / f"tune_{s}.json").exists()
+                for r in json.loads((KEPT / f"tune_{s}.json").read_text()).get("points", []) if keep(r["options"])]
+        if not rows:
+            raise SystemExit(f"freeze: no tuned point for {name} yet (sweeps {', '.join(sweeps)})")
+        variants[name] = variant_of(max(rows, key=lambda r: r["fast_dev"]["ndcg@10"])["options"])
+    variants["mnrl"]["wise_ft"] = [0.5]
+    path = CONFIGS / "final.yaml"
+    header = (f"# the finals' compare config, written by `python scripts/study.py freeze` (commit {_commit()}) from\n"
+              "# the best fast-dev point of each model's sweeps in benchmarks/results/study/tune_*.json\n")
+    path.write_text(header + yaml.safe_dump({**FINAL_RUN, "losses": list(variants), "variants": variants},
+                                            sort_keys=False))
+    return path
 
 
 # ---------------------------------------------------------------------------------------------- finals, data
@@ -282,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="step", required=True)
     t = sub.add_parser("tune", help="dev sweeps configs/study/tune_<name>.yaml (results: benchmarks/results/study/)")
     t.add_argument("names", nargs="+", help="sweep names, run in order (a base_on sweep needs its base first)")
+    sub.add_parser("freeze", help="write configs/study/final.yaml from the best dev point of each model's sweeps")
     sub.add_parser("finals", help="configs/study/final.yaml on SciFact test, dev and dbpedia-entity-5k, each seed")
     sub.add_parser("data", help="data efficiency: data_models at data_sizes triplets, data_seeds")
     sub.add_parser("report", help="benchmarks/results/study_scifact.{json,md} and plots from what is recorded")
@@ -303,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
 
         write_study_report()
     else:
-        {"finals": finals, "data": data, "status": status}[args.step]()
+        {"freeze": freeze, "finals": finals, "data": data, "status": status}[args.step]()
 
 
 if __name__ == "__main__":

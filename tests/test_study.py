@@ -144,3 +144,47 @@ def test_best_point_spans_several_sweeps(study):
     assert mod.best_point(["dpo", "dpo_epochs"])["options"] == {"loss": "dpo", "n": 0, "sweep": "dpo_epochs"}
     with pytest.raises(SystemExit, match="needs the sweep cmnrl first"):
         mod.best_point(["cmnrl"])
+
+
+def test_freeze_writes_the_finals_config_from_the_best_dev_points(study, tmp_path):
+    """Each final model takes the best fast-dev point of its own sweeps; a variant keeps only what differs
+    from the shared run settings; the result is a compare config compare accepts."""
+    mod, _, kept, configs = study
+    kept.mkdir(parents=True)
+    base = {"max_seq_length": 128, "num_train_epochs": 1, "per_device_train_batch_size": 32, "warmup_steps": 0.1,
+            "seed": 42}
+
+    def sweep(name, rows):
+        (kept / f"tune_{name}.json").write_text(json.dumps({"points": [
+            {"options": {**base, **o}, "fast_dev": {"ndcg@10": s}} for o, s in rows]}))
+
+    sweep("contrastive", [({"loss": "contrastive", "learning_rate": 1e-4, "mnrl_scale": 20}, 0.68),
+                          ({"loss": "contrastive", "learning_rate": 2e-5, "mnrl_scale": 40}, 0.66)])
+    sweep("contrastive_epochs", [({"loss": "contrastive", "learning_rate": 1e-4, "mnrl_scale": 20,
+                                   "num_train_epochs": 3}, 0.69)])
+    sweep("cmnrl", [({"loss": "cmnrl", "learning_rate": 4e-4, "mnrl_scale": 10, "per_device_train_batch_size": 128,
+                      "mini_batch_size": 32}, 0.67)])
+    sweep("dpo", [({"loss": "dpo", "learning_rate": 5e-5, "beta": 0.3}, 0.67)])
+    sweep("dpo_knobs", [({"loss": "dpo", "learning_rate": 5e-5, "beta": 0.3, "dropout": "off"}, 0.675)])
+    sweep("variants", [({"loss": "dpo+mnrl", "learning_rate": 5e-5, "beta": 0.3, "mnrl_weight": 0.5}, 0.68),
+                       ({"loss": "sdpo", "learning_rate": 5e-5, "beta": 0.3, "sdpo_gamma": 0.5}, 0.66),
+                       ({"loss": "dpo", "learning_rate": 5e-5, "beta": 0.3, "loss_type": "hinge",
+                         "hinge_margin": 2.0}, 0.65)])
+    cfg = yaml.safe_load(mod.freeze().read_text())
+    v = cfg["variants"]
+    assert v["mnrl"] == {"loss": "contrastive", "num_train_epochs": 3, "learning_rate": 1e-4, "mnrl_scale": 20,
+                         "wise_ft": [0.5]}
+    assert v["cmnrl"]["per_device_train_batch_size"] == 128 and v["dpo"]["dropout"] == "off"
+    assert v["dpo-hinge"]["loss_type"] == "hinge" and v["dpo-mnrl"]["mnrl_weight"] == 0.5
+    assert cfg["losses"] == ["mnrl", "cmnrl", "dpo", "dpo-mnrl", "sdpo", "dpo-hinge"]
+    from dpo_retrieval.cli import parse_command
+    from dpo_retrieval.experiment.compare import check_options
+
+    args = parse_command("compare", ["--output", str(tmp_path / "run")],
+                         {k: x for k, x in cfg.items()})[0]
+    check_options(args)  # every variant is a valid compare variant
+    assert mod.final_models(configs / "final.yaml") == ["mnrl", "mnrl-wiseft0.5", "cmnrl", "dpo", "dpo-mnrl",
+                                                        "sdpo", "dpo-hinge"]
+    (kept / "tune_variants.json").unlink()
+    with pytest.raises(SystemExit, match="no tuned point for dpo-mnrl"):
+        mod.freeze()
