@@ -160,14 +160,12 @@ def drift_section() -> dict:
 
 
 def _plots(data: dict, drift: dict) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from dpo_retrieval.experiment.plots import _new_figure, _save_figure
 
     written = []
     if data["rows"]:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, axes = _new_figure(6, 4)
+        ax = axes[0][0]
         for m in dict.fromkeys(r["model"] for r in data["rows"]):
             pts = [r for r in data["rows"] if r["model"] == m and r["mean"] is not None]
             xs = list(range(len(pts)))
@@ -177,14 +175,11 @@ def _plots(data: dict, drift: dict) -> list[str]:
         ax.set_xlabel("training triplets")
         ax.set_ylabel("SciFact test nDCG@10 (mean ± std over seeds)")
         ax.legend()
-        path = KEPT / "data_efficiency.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(str(path))
+        written.append(str(_save_figure(fig, KEPT / "data_efficiency.png")))
     pts = [r for r in drift["tuning_points"] if r["beta"] is not None]
     if pts:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        fig, axes = _new_figure(10, 4, ncols=2)
+        a1, a2 = axes[0]
         for lr in sorted({r["learning_rate"] for r in pts}):
             sel = sorted((r for r in pts if r["learning_rate"] == lr), key=lambda r: r["beta"])
             a1.plot([r["beta"] for r in sel], [r["drift"]["pool"] for r in sel], marker="o", label=f"lr {lr:g}")
@@ -195,11 +190,7 @@ def _plots(data: dict, drift: dict) -> list[str]:
         a2.set_xlabel("mean |s - s_ref| on dev pool pairs")
         a2.set_ylabel("fast dev nDCG@10")
         a1.legend()
-        path = KEPT / "drift_vs_beta.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(str(path))
+        written.append(str(_save_figure(fig, KEPT / "drift_vs_beta.png")))
     return written
 
 
