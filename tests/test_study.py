@@ -116,7 +116,12 @@ def test_report_picks_best_contrastive_on_dev_and_judges_the_criteria(study):
         _export(kept / "data" / "n64", "mnrl", seed, {"scifact": 0.0})
         _export(kept / "data" / "n64", "dpo", seed, {"scifact": 0.05})
     _export(kept / "data" / "n64", "base", None, {"scifact": 0.0})
+    (kept / "tune_dpo.json").write_text(json.dumps({"points": [  # drift against beta, from the DPO sweep
+        {"options": {"loss": "dpo", "beta": b, "learning_rate": lr}, "fast_dev": {"ndcg@10": 0.66},
+         "drift_dev": {"pool": 0.05 / b, "judged": 0.04 / b}} for b in (0.3, 1.0, 3.0) for lr in (2e-5, 5e-5)]}))
     out = rep.write_study_report()
+    assert [r["beta"] for r in out["drift"]["tuning_points"]] == [0.3, 0.3, 1.0, 1.0, 3.0, 3.0]
+    assert out["tuning"]["dpo"]["points"] == 6 and (kept / "drift_vs_beta.png").exists()
     assert out["final"]["best_contrastive"] == "cmnrl"
     comps = out["final"]["comparisons"]["scifact"]
     assert {(c["a"], c["b"]) for c in comps} == {(m, "base") for m in shifts} | {
