@@ -127,11 +127,26 @@ def resolved_grid(name: str) -> Path:
 def tune(names: list[str]) -> None:
     from dpo_retrieval.experiment.sweep import SweepArgs, run_sweep
 
+    unknown = [n for n in names if not (CONFIGS / f"tune_{n}.yaml").exists()]
+    if unknown:
+        known = sorted(p.stem[5:] for p in CONFIGS.glob("tune_*.yaml"))
+        raise SystemExit(f"tune: no sweep {', '.join(unknown)} (configs/study/tune_<name>.yaml); known: {', '.join(known)}")
     ensure_mine()
     for name in names:
+        share_pool(KEPT / f"tune_{name}.json")
         summary = run_sweep(SweepArgs(grid=str(resolved_grid(name)), results=str(KEPT / f"tune_{name}.json"),
                                       precision="fp32", fast_depth=plan()["fast_depth"]))
         print(f"tune {name}: best {summary['best']}")
+
+
+def share_pool(results: Path) -> None:
+    """Start a new sweep's results file with the fast dev pool (and the base's scores on it) another sweep
+    recorded: the same dev queries, base and depth, so it is not encoded again (run_sweep checks the key)."""
+    if results.exists():
+        return
+    pool = _drift_pool()
+    if pool:
+        _write(results, {"points": [], "fast_pool": pool})
 
 
 # ---------------------------------------------------------------------------------------------- freeze

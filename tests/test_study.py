@@ -193,3 +193,20 @@ def test_freeze_writes_the_finals_config_from_the_best_dev_points(study, tmp_pat
     (kept / "tune_variants.json").unlink()
     with pytest.raises(SystemExit, match="no tuned point for dpo-mnrl"):
         mod.freeze()
+
+
+def test_a_new_sweep_starts_from_the_recorded_fast_pool(study):
+    """share_pool seeds a new sweep's results file with another sweep's pool and base scores (no second
+    encoding of the corpus), never overwrites a results file, and an unknown sweep name fails first."""
+    mod, _, kept, configs = study
+    kept.mkdir(parents=True)
+    pool = {"key": "k", "depth": 20, "pool": {"q": ["d"]}, "base_run": {"q": {"d": 0.5}}}
+    (kept / "tune_contrastive.json").write_text(json.dumps({"points": [], "fast_pool": pool}))
+    mod.share_pool(kept / "tune_dpo.json")
+    assert json.loads((kept / "tune_dpo.json").read_text()) == {"points": [], "fast_pool": pool}
+    (kept / "tune_x.json").write_text('{"points": [1]}')
+    mod.share_pool(kept / "tune_x.json")
+    assert json.loads((kept / "tune_x.json").read_text()) == {"points": [1]}
+    (configs / "tune_dpo.yaml").write_text("dataset: scifact\n")
+    with pytest.raises(SystemExit, match="no sweep nope .* known: dpo"):
+        mod.tune(["dpo", "nope"])
