@@ -95,7 +95,7 @@ def test_sweep_json_rows_stand_for_their_points_without_the_models(tmp_path, tin
     spec["fixed"]["max_steps"] = 1
     grid.write_text(yaml.safe_dump(spec))
     changed = sweep()
-    assert len(trained) == 2 and len(changed["points"]) == 4
+    assert len(trained) == 2 and len(changed["points"]) == 2 and len(changed["stale_points"]) == 2
     new = [r for r in changed["points"] if r["options"]["max_steps"] == 1]
     assert {r["train_hash"] for r in new}.isdisjoint({r["train_hash"] for r in first["points"]})
     # a score the rows lack (full dev) needs the models: only then are the points trained again
@@ -186,3 +186,35 @@ def test_sweep_points_add_one_at_a_time_variations(tmp_path, tiny_model_path, mi
     bad.write_text(yaml.safe_dump({"dataset": str(data), "mine": str(mine), "points": {"beta": 1}}))
     with pytest.raises(UserInputError, match="points: must be a list"):
         read_grid(bad)
+
+
+def test_sweep_rows_of_another_pool_precision_or_grid(tmp_path, tiny_model_path, mined):
+    """A row scored with another precision is scored again; a point the grid dropped moves to stale_points
+    (kept, never 'best'); best only when the run finished."""
+    data, mine = mined
+    grid = _grid(tmp_path, data, mine, tiny_model_path, beta=[1.0, 2.0])
+    results = tmp_path / "r.json"
+    args = dict(grid=str(grid), fast_depth=3, eval_max_seq_length=32, precision="fp32", results=str(results))
+    first = run_sweep(SweepArgs(**args))
+    assert all(r["precision"] == "fp32" and r["pool_key"] for r in first["points"])
+    saved = json.loads(results.read_text())
+    for r in saved["points"]:  # a file written before rows recorded these: the file's own values stand in
+        del r["precision"], r["pool_key"]
+    results.write_text(json.dumps(saved))
+    import dpo_retrieval.training as training
+
+    calls = []
+    real = training.train
+    training.train = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        run_sweep(SweepArgs(**args))
+        assert calls == []  # legacy rows: scored with the file's pool and precision -> still valid
+        narrower = _grid(tmp_path, data, mine, tiny_model_path, beta=[2.0])
+        again = run_sweep(SweepArgs(**{**args, "grid": str(narrower)}))
+        assert calls == [] and [r["options"]["beta"] for r in again["points"]] == [2.0]
+        assert [r["options"]["beta"] for r in again["stale_points"]] == [1.0]
+        assert again["best"]["beta"] == 2.0
+        bf16 = run_sweep(SweepArgs(**{**args, "grid": str(narrower), "precision": "bf16"}))
+        assert len(calls) == 1 and bf16["points"][0]["precision"] == "bf16"  # trained and scored again
+    finally:
+        training.train = real

@@ -20,7 +20,10 @@ scores are written to ``OUTPUT/sweep.json`` as they come. A point whose row in `
 has its training key's hash (``train_hash``) and the scores this run asks for is neither trained nor
 scored again, even with ``points/`` gone (a results file copied into a fresh OUTPUT, or models deleted
 to save disk); ``results`` puts that file elsewhere (e.g. under version control), and it also carries the
-fast dev pool and the base model's scores on it, so a fresh machine resumes without re-encoding.
+fast dev pool and the base model's scores on it, so a fresh machine resumes without re-encoding. A row
+records the pool's key and the precision it was scored with; one scored with another pool or precision
+is scored again. ``points`` holds this grid's rows in grid order, rows of options the grid no longer has
+move to ``stale_points``, and ``best`` is written only once every point is scored.
 
 Each row's ``drift_dev`` is :func:`~dpo_retrieval.experiment.fast_dev.score_drift` of the point's pool
 scores against the base model's: the mean ``|s - s_ref|`` on held-out dev pairs (judged and not).
@@ -272,7 +275,11 @@ def run_sweep(args: SweepArgs) -> dict:
             base_run = score_pool(base, dev, pool, batch_size=args.eval_batch_size, precision=args.precision)
         return base_run
 
-    rows = {r["id"]: r for r in carried.get("points", [])}
+    rows = {r["id"]: r for r in carried.get("stale_points", []) + carried.get("points", [])}
+    # what a row was scored with: its own record, else (rows written before rows recorded it) the file's
+    scored_with = {"pool_key": (carried.get("fast_pool") or {}).get("key"),
+                   "precision": (carried.get("sweep") or {}).get("precision")}
+    current = {"pool_key": pool_stage.hash, "precision": args.precision}
     summary = {"grid": spec, "sweep": dataclasses.asdict(args), "dev_queries": len(dev_qids),
                "fast_pool_docs": pool_docs, "corpus_docs": len(dev.doc_ids), "points": []}
     digest = _file_digest(triplets)
@@ -280,14 +287,18 @@ def run_sweep(args: SweepArgs) -> dict:
         pid = fingerprint({"options": options, "triplets": str(triplets)})
         stage_key, train_hash = train_key(options, digest, base_key)
         row = rows.get(pid) or {}
-        if row.get("train_hash") != train_hash or row.get("fast_depth") != args.fast_depth:
+        if (row.get("train_hash") != train_hash or row.get("fast_depth") != args.fast_depth
+                or any(row.get(k, scored_with[k]) != v for k, v in current.items())):
             row = {}
         need_full = args.full_dev and "full_dev" not in row
         recorded = "fast_dev" in row and not need_full  # scored with this training key: no model needed
         if not recorded:
-            model_dir, train_s = _train_point(options, triplets, out / "points" / pid, args, stage_key)
+            # the model's stage also holds the precision it trains at (the row's train_hash does not: a row
+            # records its precision beside it)
+            model_dir, train_s = _train_point(options, triplets, out / "points" / pid, args,
+                                              {**stage_key, "precision": args.precision})
             row.update({"id": pid, "options": options, "train_hash": train_hash, "train_seconds": train_s,
-                        "fast_depth": args.fast_depth})
+                        "fast_depth": args.fast_depth, **current})
             model = load_model(str(model_dir), device=args.device, max_seq_length=args.eval_max_seq_length)
             if "fast_dev" not in row:
                 t0 = time.perf_counter()
@@ -308,7 +319,9 @@ def run_sweep(args: SweepArgs) -> dict:
                 row["full_dev_seconds"] = round(time.perf_counter() - t0, 2)
             del model
         rows[pid] = row
-        summary["points"] = [rows[p] for p in rows]
+        ids = [fingerprint({"options": o, "triplets": str(triplets)}) for o in points]
+        summary["points"] = [rows[p] for p in ids if p in rows and rows[p].get("options") in points]
+        summary["stale_points"] = [r for p, r in rows.items() if r not in summary["points"]]
         pairs = [(r["fast_dev"]["ndcg@10"], r["full_dev"]["ndcg@10"]) for r in summary["points"]
                  if "fast_dev" in r and "full_dev" in r]
         summary["agreement_ndcg@10"] = _spearman(pairs)
