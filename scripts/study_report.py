@@ -70,7 +70,7 @@ def harm_tests(results: dict, ds: str, models: list[str], reference: str) -> dic
     """Per model: paired test of its per-query harm indicators (nDCG@10 below base by more than the margin,
     seed-averaged scores) against ``reference``'s, Holm over the models."""
     from dpo_retrieval.experiment.report import collapse_seeds
-    from dpo_retrieval.experiment.stats import HARM_MARGIN, compare_paired, holm
+    from dpo_retrieval.experiment.stats import compare_paired, harm_indicators, holm
 
     run = results["dataset_runs"].get(ds, {}).get("models", {})
     if "base" not in run or reference not in run:
@@ -78,8 +78,7 @@ def harm_tests(results: dict, ds: str, models: list[str], reference: str) -> dic
     base = run["base"]["per_query"][METRIC]
 
     def harmed(name):
-        pq = collapse_seeds(run[name])["per_query"][METRIC]
-        return {q: float(pq[q] < base[q] - HARM_MARGIN) for q in pq if q in base}
+        return harm_indicators(collapse_seeds(run[name])["per_query"][METRIC], base)
 
     out = {m: compare_paired(harmed(m), harmed(reference)) for m in models if m in run and m != reference}
     for m, p in zip(out, holm([r["p_ttest"] for r in out.values()])):

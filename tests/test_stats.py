@@ -213,6 +213,9 @@ def test_harm_rate_counts_queries_below_base_by_more_than_the_margin():
     assert harm_rate(base, base) == 0.0
     with pytest.raises(ValueError, match="no common queries"):
         harm_rate({"a": 1.0}, {"b": 1.0})
+    from dpo_retrieval.experiment.stats import harm_indicators
+
+    assert harm_indicators(model, base) == {"q1": 1.0, "q2": 0.0, "q3": 0.0, "q4": 1.0, "q5": 0.0}
 
 
 def test_mean_std_over_seeds():

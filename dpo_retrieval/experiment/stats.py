@@ -265,12 +265,20 @@ def holm(pvalues) -> list[float]:
     return out
 
 
+def harm_indicators(a: Mapping[Any, float], base: Mapping[Any, float], *,
+                    margin: float = HARM_MARGIN) -> dict[Any, float]:
+    """``{query: 1.0 or 0.0}`` over the common queries: 1 where ``a`` is below ``base`` by more than
+    ``margin`` (``base - a > margin``; a difference equal to the margin up to rounding is not counted).
+    The input of a paired test of two models' harm; ValueError when no query is shared."""
+    _align(a, base)  # the same checks (and error) as every paired statistic
+    return {q: float(base[q] - a[q] > margin + 1e-9) for q in a if q in base}
+
+
 def harm_rate(a: Mapping[Any, float], base: Mapping[Any, float], *, margin: float = HARM_MARGIN) -> float:
-    """Share of the common queries where ``a`` is below ``base`` by more than ``margin``
-    (``base - a > margin``, a difference equal to the margin up to rounding is not counted); ValueError
-    when no query is shared."""
-    x, y = _align(a, base)
-    return float(np.mean((y - x) > margin + 1e-9))
+    """Share of the common queries where ``a`` is below ``base`` by more than ``margin`` (the mean of
+    :func:`harm_indicators`); ValueError when no query is shared."""
+    flags = harm_indicators(a, base, margin=margin)
+    return float(np.mean(list(flags.values())))
 
 
 def mean_std(values) -> tuple[float | None, float | None]:
