@@ -24,8 +24,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,8 +33,6 @@ RUN = Path("runs") / "study"                      # relative to ROOT (the sweep'
 KEPT = Path("benchmarks") / "results" / "study"   # what is kept in git
 CONFIGS = Path("configs") / "study"
 MINE = RUN / "mine"
-#: a model directory's name in a compare run: <variant>[-seed<k>][-wiseft<alpha>]
-MODEL_DIR = re.compile(r"^(?P<variant>.+?)(?:-seed(?P<seed>-?\d+))?(?:-wiseft(?P<alpha>[0-9.]+))?$")
 
 
 def _cli(*args: str) -> None:
@@ -45,6 +41,13 @@ def _cli(*args: str) -> None:
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def config_sha(path: Path) -> str:
+    """A compare config's identity: its parsed content (comments and layout do not count)."""
+    import yaml
+
+    return hashlib.sha256(json.dumps(yaml.safe_load(Path(path).read_text()), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _commit() -> str:
@@ -93,16 +96,18 @@ def ensure_mine() -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- tune
-def best_point(names: list[str]) -> dict:
-    """The row with the highest fast dev nDCG@10 over the recorded sweeps ``names`` together."""
+def best_point(names: list[str], keep=lambda options: True) -> dict:
+    """The row with the highest fast dev nDCG@10 over the sweeps ``names`` together (their current grid's
+    rows, those whose options pass ``keep``); every sweep must have run to its end (its file has ``best``)."""
     rows = []
     for other in names:
         done = KEPT / f"tune_{other}.json"
-        if not done.exists():
-            raise SystemExit(f"needs the sweep {other} first (python scripts/study.py tune {other})")
-        rows += json.loads(done.read_text()).get("points", [])
+        recorded = json.loads(done.read_text()) if done.exists() else {}
+        if not recorded.get("best"):
+            raise SystemExit(f"needs the sweep {other} run to its end first (python scripts/study.py tune {other})")
+        rows += [r for r in recorded.get("points", []) if keep(r["options"])]
     if not rows:
-        raise SystemExit(f"the sweeps {', '.join(names)} have no scored point yet")
+        raise SystemExit(f"the sweeps {', '.join(names)} have no scored point of this kind")
     return max(rows, key=lambda r: r["fast_dev"]["ndcg@10"])
 
 
@@ -178,122 +183,27 @@ def variant_of(options: dict) -> dict:
     return out
 
 
-def freeze() -> Path:
-    """configs/study/final.yaml from the best dev point of each model's sweeps (WiSE-FT 0.5 of mnrl)."""
+def freeze(force: bool = False) -> Path:
+    """configs/study/final.yaml from the best dev point of each model's sweeps (WiSE-FT 0.5 of mnrl); every
+    sweep must have run to its end. An existing final.yaml (the config the finals are judged by) is kept
+    unless ``force``."""
     import yaml
 
+    path = CONFIGS / "final.yaml"
+    if path.exists() and not force:
+        raise SystemExit(f"freeze: {path} exists (the finals' config); --force replaces it")
     variants = {}
     for name, (sweeps, keep) in FINALS.items():
-        rows = [r for s in sweeps if (KEPT / f"tune_{s}.json").exists()
-                for r in json.loads((KEPT / f"tune_{s}.json").read_text()).get("points", []) if keep(r["options"])]
-        if not rows:
-            raise SystemExit(f"freeze: no tuned point for {name} yet (sweeps {', '.join(sweeps)})")
-        variants[name] = variant_of(max(rows, key=lambda r: r["fast_dev"]["ndcg@10"])["options"])
+        try:
+            variants[name] = variant_of(best_point(sweeps, keep)["options"])
+        except SystemExit as err:
+            raise SystemExit(f"freeze: {name}: {err}") from None
     variants["mnrl"]["wise_ft"] = [0.5]
-    path = CONFIGS / "final.yaml"
     header = (f"# the finals' compare config, written by `python scripts/study.py freeze` (commit {_commit()}) from\n"
               "# the best fast-dev point of each model's sweeps in benchmarks/results/study/tune_*.json\n")
     path.write_text(header + yaml.safe_dump({**FINAL_RUN, "losses": list(variants), "variants": variants},
                                             sort_keys=False))
     return path
-
-
-# ---------------------------------------------------------------------------------------------- finals, data
-def parse_model_dir(name: str) -> tuple[str, int | None]:
-    """``(model, seed)`` of a compare run's model directory: ``dpo-seed3`` -> ("dpo", 3),
-    ``contrastive-seed2-wiseft0.5`` -> ("contrastive-wiseft0.5", 2), ``base`` -> ("base", None)."""
-    m = MODEL_DIR.match(name)
-    model = m["variant"] + (f"-wiseft{m['alpha']}" if m["alpha"] else "")
-    return model, (int(m["seed"]) if m["seed"] else None)
-
-
-def export_run(run: Path, kept: Path, *, config_sha: str, seeds: list[int], drift_pool: dict | None = None) -> list[Path]:
-    """Each model and seed of a compare run directory -> ``kept/<model>/seed<k>.json`` (its report entry per
-    evaluation set, train time, the training key, commit, CPU), ``kept/base.json`` for the base model;
-    only the given training seeds. With ``drift_pool`` (a sweep results file's fast_pool) each model's
-    ``drift_dev``: its pool scores against the base's (mean |s - s_ref| on held-out dev pairs)."""
-    from dpo_retrieval.experiment.compare import _to_report_entry
-    from dpo_retrieval.models import cpu_name
-
-    written = []
-    for model_dir in sorted(p for p in (run / "eval").iterdir() if p.is_dir()):
-        model, seed = parse_model_dir(model_dir.name)
-        if model != "base" and seed not in seeds:
-            continue
-        stage_file = run / "models" / f"{model_dir.name}.stage.json"
-        stage = json.loads(stage_file.read_text()) if stage_file.exists() else {}
-        entry = {"model": model, "seed": seed, "config_sha": config_sha, "commit": _commit(), "cpu": cpu_name(),
-                 "train_seconds": (stage.get("info") or stage).get("train_seconds"),
-                 "train_key": stage.get("key", {}).get("train"),
-                 "datasets": {p.stem: _to_report_entry(json.loads(p.read_text()), None)
-                              for p in sorted(model_dir.glob("*.json")) if not p.name.endswith(".stage.json")}}
-        if drift_pool and model != "base" and (run / "models" / model_dir.name).is_dir():
-            entry["drift_dev"] = model_drift(run / "models" / model_dir.name, drift_pool)
-        path = kept / ("base.json" if model == "base" else f"{model}/seed{seed}.json")
-        _write(path, entry)
-        written.append(path)
-    return written
-
-
-def model_drift(model_dir: Path, fast_pool: dict) -> dict:
-    from dpo_retrieval.data.beir import load_beir
-    from dpo_retrieval.experiment.compare import _read_qids
-    from dpo_retrieval.experiment.fast_dev import score_drift, score_pool
-    from dpo_retrieval.mining import subset_queries
-    from dpo_retrieval.models import load_model
-
-    dev = subset_queries(load_beir("scifact", "train"), _read_qids(MINE / "dev_qrels.tsv"))
-    model = load_model(str(model_dir), device="auto", max_seq_length=256)
-    run = score_pool(model, dev, fast_pool["pool"], precision="fp32")
-    return score_drift(run, fast_pool["base_run"], dev.qrels)
-
-
-def recorded_seeds(kept: Path, models: list[str], config_sha: str) -> set[int]:
-    """The seeds every one of ``models`` has an export of under ``kept`` made from this config."""
-    done = None
-    for model in models:
-        have = {int(p.stem[4:]) for p in kept.glob(f"{model}/seed*.json")
-                if json.loads(p.read_text()).get("config_sha") == config_sha}
-        done = have if done is None else done & have
-    return done or set()
-
-
-def final_models(config: Path, losses: list[str] | None = None) -> list[str]:
-    """The report names a compare config's run produces: each of its losses, and <loss>-wiseft<A> for
-    each WiSE-FT alpha the variant (or the run) asks for."""
-    import yaml
-
-    cfg = yaml.safe_load(config.read_text())
-    names = []
-    for loss in losses or cfg["losses"]:
-        own = (cfg.get("variants") or {}).get(loss) or {}
-        names += [loss] + [f"{loss}-wiseft{float(a):g}" for a in own.get("wise_ft", cfg.get("wise_ft") or [])]
-    return names
-
-
-def seed_run_dir(src: Path, dst: Path) -> None:
-    """Start ``dst`` from ``src``'s mining and base evaluation (their stage keys do not hold the path)."""
-    for rel in ("mine", "mine.stage.json", "file_hashes.json", "embeddings/base", "eval/base"):
-        s, d = src / rel, dst / rel
-        if s.exists() and not d.exists():
-            d.parent.mkdir(parents=True, exist_ok=True)
-            (shutil.copytree if s.is_dir() else shutil.copy2)(s, d)
-
-
-def run_unit(config: Path, out: Path, kept: Path, seeds: list[int], extra: list[str], losses: list[str]) -> None:
-    sha = _sha(config)
-    missing = sorted(set(seeds) - recorded_seeds(kept, final_models(config, losses), sha))
-    if not missing:
-        print(f"{kept}: seeds {seeds} recorded")
-        return
-    if out != RUN / "final":
-        seed_run_dir(RUN / "final", out)
-    for seed in missing:  # one seed per compare call: each finished seed is kept before the next starts
-        _cli("compare", str(config), "--seeds", str(seed), "--output", str(out), "--losses", ",".join(losses),
-             "--no_show_progress_bar", *extra)
-        check_triplets(out / "mine" / "triplets.jsonl", what=str(out))
-        pool = _drift_pool()
-        export_run(out, kept, config_sha=sha, seeds=[seed], drift_pool=pool)
 
 
 def _drift_pool() -> dict | None:
@@ -304,72 +214,51 @@ def _drift_pool() -> dict | None:
     return None
 
 
-def finals() -> None:
-    p = plan()
-    config = CONFIGS / "final.yaml"
-    run_unit(config, RUN / "final", KEPT / "final", p["seeds"], [], final_losses(config))
-
-
-def final_losses(config: Path) -> list[str]:
-    import yaml
-
-    return list(yaml.safe_load(config.read_text())["losses"])
-
-
-def data() -> None:
-    p = plan()
-    config = CONFIGS / "final.yaml"
-    for n in p["data_sizes"]:
-        run_unit(config, RUN / f"n{n}", KEPT / "data" / f"n{n}", p["data_seeds"],
-                 ["--max_triplets", str(n), "--eval_datasets", ""], p["data_models"])
-
-
-# ---------------------------------------------------------------------------------------------- status
-def status() -> None:
-    p = plan()
-    for path in sorted(KEPT.glob("tune_*.json")):
-        s = json.loads(path.read_text())
-        print(f"{path.name}: {len(s.get('points', []))} points, best {s.get('best')}")
-    config = CONFIGS / "final.yaml"
-    if config.exists():
-        sha = _sha(config)
-        print(f"finals: seeds recorded {sorted(recorded_seeds(KEPT / 'final', final_models(config), sha))} "
-              f"of {p['seeds']}")
-        for n in p["data_sizes"]:
-            got = recorded_seeds(KEPT / "data" / f"n{n}", p["data_models"], sha)
-            print(f"data n{n}: seeds recorded {sorted(got)} of {p['data_seeds']}")
-    else:
-        print("finals: configs/study/final.yaml not written yet (after tuning)")
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="step", required=True)
     t = sub.add_parser("tune", help="dev sweeps configs/study/tune_<name>.yaml (results: benchmarks/results/study/)")
     t.add_argument("names", nargs="+", help="sweep names, run in order (a base_on sweep needs its base first)")
-    sub.add_parser("freeze", help="write configs/study/final.yaml from the best dev point of each model's sweeps")
+    f = sub.add_parser("freeze", help="write configs/study/final.yaml from the best dev point of each model's sweeps")
+    f.add_argument("--force", action="store_true", help="replace an existing final.yaml (the finals' config)")
     sub.add_parser("finals", help="configs/study/final.yaml on SciFact test, dev and dbpedia-entity-5k, each seed")
     sub.add_parser("data", help="data efficiency: data_models at data_sizes triplets, data_seeds")
     sub.add_parser("report", help="benchmarks/results/study_scifact.{json,md} and plots from what is recorded")
     sub.add_parser("status", help="what is recorded and what is left")
     args = parser.parse_args(argv)
     os.chdir(ROOT)
+    sys.path.insert(0, str(ROOT / "scripts"))
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(key, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.step == "tune":
-        import logging
+    from dpo_retrieval.errors import UserInputError
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            datefmt="%H:%M:%S")
-        tune(args.names)
-    elif args.step == "report":
-        sys.path.insert(0, str(ROOT / "scripts"))
-        from study_report import write_study_report
+    try:
+        if args.step == "tune":
+            import logging
 
-        write_study_report()
-    else:
-        {"freeze": freeze, "finals": finals, "data": data, "status": status}[args.step]()
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                datefmt="%H:%M:%S")
+            tune(args.names)
+        elif args.step == "report":
+            from study_report import write_study_report
+
+            write_study_report()
+        elif args.step == "freeze":
+            print(f"wrote {freeze(args.force)}")
+        else:
+            if args.step != "status" and not (CONFIGS / "final.yaml").exists():
+                raise SystemExit(f"{args.step}: {CONFIGS / 'final.yaml'} not written yet: tune, then "
+                                 "python scripts/study.py freeze")
+            import study_finals
+
+            {"finals": study_finals.finals, "data": study_finals.data, "status": study_finals.status}[args.step]()
+    except UserInputError as err:
+        raise SystemExit(f"study {args.step}: {err}") from None
+    except subprocess.CalledProcessError as err:
+        raise SystemExit(f"study {args.step}: `{' '.join(map(str, err.cmd[1:]))}` failed (exit {err.returncode}); "
+                         "its own error is above") from None
 
 
 if __name__ == "__main__":

@@ -12,21 +12,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from study import CONFIGS, KEPT, _write, plan
+import study as S
 
 TEST, DEV, OOD = "scifact", "scifact-dev", "dbpedia-entity-5k"
 METRIC = "NDCG@10"
 OUT = Path("benchmarks") / "results"
 
 
-def load_group(kept: Path) -> dict:
-    """``{"base": entry or None, "models": {model: {seed: entry}}}`` from a folder of exports."""
+def load_group(kept: Path, config_sha: str | None = None) -> dict:
+    """``{"base": entry or None, "models": {model: {seed: entry}}, "stale": [files]}`` from a folder of
+    exports; with ``config_sha`` only those made from that config (the others are listed as stale)."""
     base = kept / "base.json"
     models: dict[str, dict] = {}
+    stale = []
     for path in sorted(kept.glob("*/seed*.json")):
         entry = json.loads(path.read_text())
+        if config_sha is not None and entry.get("config_sha") != config_sha:
+            stale.append(str(path))
+            continue
         models.setdefault(entry["model"], {})[entry["seed"]] = entry
-    return {"base": json.loads(base.read_text()) if base.exists() else None, "models": models}
+    return {"base": json.loads(base.read_text()) if base.exists() else None, "models": models, "stale": stale}
 
 
 def compare_results(group: dict, names: list[str] | None = None) -> dict:
@@ -118,21 +123,22 @@ def verdicts(report: dict, harm: dict, data: dict, dpo_models: list[str], best_c
             "closest": {"model": closest[0], "scifact_test_diff": closest[1]} if closest else None}
 
 
-def data_section(p: dict, finals: dict) -> dict:
+def data_section(p: dict, finals: dict, sha: str | None) -> dict:
     """Mean ± std over seeds of SciFact test nDCG@10 per model and size ("all" from the finals' seeds in
     data_seeds), and each DPO-family model against the contrastive one at each size (paired over queries,
     seed-averaged, Holm over the section)."""
     from dpo_retrieval.experiment.report import collapse_seeds
     from dpo_retrieval.experiment.stats import compare_paired, holm, mean_std
 
-    groups = {n: load_group(KEPT / "data" / f"n{n}") for n in p["data_sizes"]}
+    groups = {n: load_group(S.KEPT / "data" / f"n{n}", sha) for n in p["data_sizes"]}
+    names = list(dict.fromkeys([*p["data_models"], *(m for g in groups.values() for m in g["models"])]))
     groups["all"] = {"base": finals["base"], "models": {m: {s: e for s, e in finals["models"].get(m, {}).items()
-                                                            if s in p["data_seeds"]} for m in p["data_models"]}}
+                                                            if s in p["data_seeds"]} for m in names}}
     rows, comps = [], []
     reference = p["data_models"][0]
     for size, g in groups.items():
-        res = compare_results(g, p["data_models"]).get("dataset_runs", {}).get(TEST, {}).get("models", {})
-        for m in p["data_models"]:
+        res = compare_results(g, names).get("dataset_runs", {}).get(TEST, {}).get("models", {})
+        for m in names:
             vals = [e["datasets"][TEST]["metrics"][METRIC] for e in g["models"].get(m, {}).values()
                     if TEST in e["datasets"]]
             mean, std = mean_std(vals)
@@ -147,15 +153,25 @@ def data_section(p: dict, finals: dict) -> dict:
     return {"rows": rows, "comparisons": comps, "reference": reference}
 
 
-def drift_section() -> dict:
+def drift_section(finals: dict) -> dict:
+    """Drift against beta from the DPO sweep's grid (only beta and the learning rate vary there), every
+    tuning point's drift, and each final model's mean over its seeds."""
+    from dpo_retrieval.experiment.stats import mean_std
+
     rows = []
-    for path in sorted(KEPT.glob("tune_*.json")):
+    for path in sorted(S.KEPT.glob("tune_*.json")):
         for r in json.loads(path.read_text()).get("points", []):
-            if r.get("drift_dev") and r["options"].get("loss", "dpo") in ("dpo", "dpo+mnrl", "sdpo"):
+            if r.get("drift_dev"):
                 rows.append({"sweep": path.stem[5:], "options": r["options"], "beta": r["options"].get("beta"),
                              "learning_rate": r["options"].get("learning_rate"), "drift": r["drift_dev"],
                              "fast_dev_ndcg@10": r["fast_dev"]["ndcg@10"]})
-    return {"tuning_points": rows}
+    final = {}
+    for m, seeds in finals["models"].items():
+        vals = [e["drift_dev"]["pool"] for e in seeds.values() if (e.get("drift_dev") or {}).get("pool") is not None]
+        if vals:
+            mean, std = mean_std(vals)
+            final[m] = {"pool_mean": mean, "pool_std": std, "seeds": len(vals)}
+    return {"tuning_points": rows, "beta_curve": [r for r in rows if r["sweep"] == "dpo"], "final_models": final}
 
 
 def _plots(data: dict, drift: dict) -> list[str]:
@@ -165,17 +181,17 @@ def _plots(data: dict, drift: dict) -> list[str]:
     if data["rows"]:
         fig, axes = _new_figure(6, 4)
         ax = axes[0][0]
+        sizes = list(dict.fromkeys(r["size"] for r in data["rows"]))  # 64, 128, ..., "all": one slot each
         for m in dict.fromkeys(r["model"] for r in data["rows"]):
             pts = [r for r in data["rows"] if r["model"] == m and r["mean"] is not None]
-            xs = list(range(len(pts)))
-            ax.errorbar(xs, [r["mean"] for r in pts], yerr=[r["std"] or 0 for r in pts], marker="o", capsize=3,
-                        label=m)
-            ax.set_xticks(xs, [str(r["size"]) for r in pts])
+            ax.errorbar([sizes.index(r["size"]) for r in pts], [r["mean"] for r in pts],
+                        yerr=[r["std"] or 0 for r in pts], marker="o", capsize=3, label=m)
+        ax.set_xticks(range(len(sizes)), [str(x) for x in sizes])
         ax.set_xlabel("training triplets")
         ax.set_ylabel("SciFact test nDCG@10 (mean ± std over seeds)")
         ax.legend()
-        written.append(str(_save_figure(fig, KEPT / "data_efficiency.png")))
-    pts = [r for r in drift["tuning_points"] if r["beta"] is not None]
+        written.append(str(_save_figure(fig, S.KEPT / "data_efficiency.png")))
+    pts = [r for r in drift["beta_curve"] if r["beta"] is not None]
     if pts:
         fig, axes = _new_figure(10, 4, ncols=2)
         a1, a2 = axes[0]
@@ -189,36 +205,41 @@ def _plots(data: dict, drift: dict) -> list[str]:
         a2.set_xlabel("mean |s - s_ref| on dev pool pairs")
         a2.set_ylabel("fast dev nDCG@10")
         a1.legend()
-        written.append(str(_save_figure(fig, KEPT / "drift_vs_beta.png")))
+        written.append(str(_save_figure(fig, S.KEPT / "drift_vs_beta.png")))
     return written
 
 
 def write_study_report() -> dict:
     from dpo_retrieval.experiment.report import write_report
 
-    p = plan()
-    finals = load_group(KEPT / "final")
+    p = S.plan()
+    config = S.CONFIGS / "final.yaml"
+    sha = S.config_sha(config) if config.exists() else None
+    finals = load_group(S.KEPT / "final", sha)
     models = list(finals["models"])
     best_c = best_of(finals, [m for m in p["contrastive_models"] if m in finals["models"]])
     results = compare_results(finals, models)
-    report = (write_report(results, KEPT / "final_report", pairs=final_pairs(models, best_c), metrics=[METRIC])["report"]
+    report = (write_report(results, S.KEPT / "final_report", pairs=final_pairs(models, best_c), metrics=[METRIC])["report"]
               if finals["models"] else {"datasets": {}})
     harm = harm_tests(results, TEST, [m for m in p["dpo_models"] if m in models], best_c) if best_c else {}
-    data = data_section(p, finals)
-    drift = drift_section()
+    data = data_section(p, finals, sha)
+    drift = drift_section(finals)
+    complete = bool(finals["models"]) and all(set(p["seeds"]) <= set(seeds) for seeds in finals["models"].values())
     tuning = {path.stem[5:]: {"points": len(s.get("points", [])), "best": s.get("best"),
                               "best_fast_dev_ndcg@10": max((r["fast_dev"]["ndcg@10"] for r in s.get("points", [])),
                                                            default=None)}
-              for path in sorted(KEPT.glob("tune_*.json")) for s in [json.loads(path.read_text())]}
-    out = {"command": "python scripts/study.py report", "plan": str(CONFIGS / "study.yaml"), "tuning": tuning,
+              for path in sorted(S.KEPT.glob("tune_*.json")) for s in [json.loads(path.read_text())]}
+    out = {"command": "python scripts/study.py report", "plan": str(S.CONFIGS / "study.yaml"), "tuning": tuning,
            "final": {"best_contrastive": best_c, "seeds": {m: sorted(s) for m, s in finals["models"].items()},
-                     "report": str(KEPT / "final_report" / "report.json"),
+                     "report": str(S.KEPT / "final_report" / "report.json"),
                      "rows": {ds: d["rows"] for ds, d in report["datasets"].items()},
                      "comparisons": {ds: d["comparisons"] for ds, d in report["datasets"].items()}},
            "harm_vs_best_contrastive": harm, "data_efficiency": data, "drift": drift,
-           "verdicts": verdicts(report, harm, data, p["dpo_models"], best_c) if finals["models"] else None,
+           "complete": complete, "stale_exports_left_out": finals["stale"],
+           "verdicts": ({**verdicts(report, harm, data, p["dpo_models"], best_c), "provisional": not complete}
+                        if finals["models"] else None),
            "plots": _plots(data, drift)}
-    _write(OUT / "study_scifact.json", out)
+    S._write(OUT / "study_scifact.json", out)
     (OUT / "study_scifact.results.md").write_text(render(out))
     print(render(out))
     return out
@@ -252,7 +273,8 @@ def render(out: dict) -> str:
               for r in out["data_efficiency"]["rows"]]
     v = out.get("verdicts")
     if v:
-        lines += ["", f"## Criteria (best contrastive model, chosen on dev: {v['best_contrastive']})", ""]
+        state = "PROVISIONAL: not every final seed is recorded" if v.get("provisional") else "all final seeds"
+        lines += ["", f"## Criteria ({state}; best contrastive model, chosen on dev: {v['best_contrastive']})", ""]
         lines += [f"- {k}: {'holds' if x['holds'] else 'does not hold'} {x['models'] or ''}"
                   for k, x in v.items() if isinstance(x, dict) and "holds" in x]
         if v.get("closest"):

@@ -19,16 +19,19 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 def study(tmp_path, monkeypatch):
     """The two scripts with benchmarks/results/study and configs/study moved into tmp_path."""
     monkeypatch.syspath_prepend(str(SCRIPTS))
-    for name in ("study", "study_report"):
+    for name in ("study", "study_report", "study_finals"):
         sys.modules.pop(name, None)
     mod = importlib.import_module("study")
     rep = importlib.import_module("study_report")
+    fin = importlib.import_module("study_finals")
     kept, configs = tmp_path / "kept", tmp_path / "configs"
     configs.mkdir()
-    for m in (mod, rep):
-        monkeypatch.setattr(m, "KEPT", kept)
-        monkeypatch.setattr(m, "CONFIGS", configs)
+    monkeypatch.setattr(mod, "KEPT", kept)  # the other two read them through the study module
+    monkeypatch.setattr(mod, "CONFIGS", configs)
     monkeypatch.setattr(rep, "OUT", tmp_path / "out")
+    for name, value in vars(fin).items():  # one namespace for the tests: study + study_finals
+        if not name.startswith("__") and not hasattr(mod, name):
+            monkeypatch.setattr(mod, name, value, raising=False)
     (configs / "study.yaml").write_text(yaml.safe_dump({
         "fast_depth": 20, "seeds": [1, 2, 3], "data_sizes": [64], "data_seeds": [1, 2],
         "data_models": ["mnrl", "dpo"], "contrastive_models": ["mnrl", "cmnrl"],
@@ -51,6 +54,11 @@ def test_final_models_lists_wise_ft_per_variant(study, tmp_path):
                                                                                   "wise_ft": [0.5]}}}))
     assert mod.final_models(cfg) == ["mnrl", "mnrl-wiseft0.5", "dpo"]
     assert mod.final_models(cfg, ["dpo"]) == ["dpo"]
+    no_wise = json.dumps({"mnrl": {"loss": "contrastive"}})
+    assert mod.final_models(cfg, ["mnrl"], ["--max_triplets", "64", "--variants", no_wise]) == ["mnrl"]
+    same = tmp_path / "same.yaml"  # the config's identity is its content, not its comments or layout
+    same.write_text("# a comment\n" + yaml.safe_dump(yaml.safe_load(cfg.read_text()), default_flow_style=True))
+    assert mod.config_sha(same) == mod.config_sha(cfg)
 
 
 def _eval_json(qids, rng, shift):
@@ -86,6 +94,15 @@ def test_export_run_and_recorded_seeds(study, tmp_path):
     assert mod.recorded_seeds(kept, ["dpo", "mnrl"], "abc") == {1}
     assert mod.recorded_seeds(kept, ["dpo", "mnrl"], "other config") == set()
     assert mod.recorded_seeds(kept, ["dpo", "sdpo"], "abc") == set()
+    only = mod.export_run(run, tmp_path / "only", config_sha="abc", seeds=[1, 2], models=["dpo"])
+    assert sorted(p.relative_to(tmp_path / "only").as_posix() for p in only) == [
+        "base.json", "dpo/seed1.json", "dpo/seed2.json"]  # a model the config no longer has is not exported
+    rep = study[1]
+    group = rep.load_group(kept, "abc")
+    assert sorted(group["models"]) == ["dpo", "mnrl", "mnrl-wiseft0.5"] and group["stale"] == []
+    (kept / "dpo" / "seed1.json").write_text(json.dumps({**entry, "config_sha": "older"}))
+    group = rep.load_group(kept, "abc")
+    assert "dpo" not in group["models"] and group["stale"] == [str(kept / "dpo" / "seed1.json")]
 
 
 def _export(kept: Path, model: str, seed, shifts: dict, n=300, rng=None):
@@ -123,6 +140,7 @@ def test_report_picks_best_contrastive_on_dev_and_judges_the_criteria(study):
     assert [r["beta"] for r in out["drift"]["tuning_points"]] == [0.3, 0.3, 1.0, 1.0, 3.0, 3.0]
     assert out["tuning"]["dpo"]["points"] == 6 and (kept / "drift_vs_beta.png").exists()
     assert out["final"]["best_contrastive"] == "cmnrl"
+    assert out["complete"] and out["verdicts"]["provisional"] is False  # seeds 1-3 = the plan's
     comps = out["final"]["comparisons"]["scifact"]
     assert {(c["a"], c["b"]) for c in comps} == {(m, "base") for m in shifts} | {
         (m, "cmnrl") for m in ("mnrl", "dpo", "sdpo")}
@@ -142,13 +160,18 @@ def test_best_point_spans_several_sweeps(study):
     mod, _, kept, _ = study
     kept.mkdir(parents=True)
     for name, scores in (("dpo", [0.61, 0.64]), ("dpo_epochs", [0.66, 0.60])):
-        (kept / f"tune_{name}.json").write_text(json.dumps({"points": [
+        (kept / f"tune_{name}.json").write_text(json.dumps({"best": {"n": 0}, "points": [
             {"options": {"loss": "dpo", "n": i, "sweep": name}, "fast_dev": {"ndcg@10": s}}
             for i, s in enumerate(scores)]}))
     assert mod.best_point(["dpo"])["options"]["n"] == 1
     assert mod.best_point(["dpo", "dpo_epochs"])["options"] == {"loss": "dpo", "n": 0, "sweep": "dpo_epochs"}
-    with pytest.raises(SystemExit, match="needs the sweep cmnrl first"):
+    with pytest.raises(SystemExit, match="needs the sweep cmnrl run to its end first"):
         mod.best_point(["cmnrl"])
+    (kept / "tune_cmnrl.json").write_text(json.dumps({"points": [  # still running: no best yet
+        {"options": {"loss": "cmnrl"}, "fast_dev": {"ndcg@10": 0.9}}]}))
+    with pytest.raises(SystemExit, match="needs the sweep cmnrl run to its end first"):
+        mod.best_point(["cmnrl"])
+    assert mod.best_point(["dpo", "dpo_epochs"], keep=lambda o: o["sweep"] == "dpo")["options"]["n"] == 1
 
 
 def test_freeze_writes_the_finals_config_from_the_best_dev_points(study, tmp_path):
@@ -160,7 +183,7 @@ def test_freeze_writes_the_finals_config_from_the_best_dev_points(study, tmp_pat
             "seed": 42}
 
     def sweep(name, rows):
-        (kept / f"tune_{name}.json").write_text(json.dumps({"points": [
+        (kept / f"tune_{name}.json").write_text(json.dumps({"best": rows[0][0], "points": [
             {"options": {**base, **o}, "fast_dev": {"ndcg@10": s}} for o, s in rows]}))
 
     sweep("contrastive", [({"loss": "contrastive", "learning_rate": 1e-4, "mnrl_scale": 20}, 0.68),
@@ -169,7 +192,10 @@ def test_freeze_writes_the_finals_config_from_the_best_dev_points(study, tmp_pat
                                    "num_train_epochs": 3}, 0.69)])
     sweep("cmnrl", [({"loss": "cmnrl", "learning_rate": 4e-4, "mnrl_scale": 10, "per_device_train_batch_size": 128,
                       "mini_batch_size": 32}, 0.67)])
+    sweep("cmnrl_epochs", [({"loss": "cmnrl", "learning_rate": 4e-4, "mnrl_scale": 10, "num_train_epochs": 2,
+                             "per_device_train_batch_size": 128, "mini_batch_size": 32}, 0.6)])
     sweep("dpo", [({"loss": "dpo", "learning_rate": 5e-5, "beta": 0.3}, 0.67)])
+    sweep("dpo_epochs", [({"loss": "dpo", "learning_rate": 5e-5, "beta": 0.3, "num_train_epochs": 2}, 0.6)])
     sweep("dpo_knobs", [({"loss": "dpo", "learning_rate": 5e-5, "beta": 0.3, "dropout": "off"}, 0.675)])
     sweep("variants", [({"loss": "dpo+mnrl", "learning_rate": 5e-5, "beta": 0.3, "mnrl_weight": 0.5}, 0.68),
                        ({"loss": "sdpo", "learning_rate": 5e-5, "beta": 0.3, "sdpo_gamma": 0.5}, 0.66),
@@ -190,9 +216,11 @@ def test_freeze_writes_the_finals_config_from_the_best_dev_points(study, tmp_pat
     check_options(args)  # every variant is a valid compare variant
     assert mod.final_models(configs / "final.yaml") == ["mnrl", "mnrl-wiseft0.5", "cmnrl", "dpo", "dpo-mnrl",
                                                         "sdpo", "dpo-hinge"]
+    with pytest.raises(SystemExit, match="exists .* --force replaces it"):
+        mod.freeze()  # the finals' config is never replaced by accident
     (kept / "tune_variants.json").unlink()
-    with pytest.raises(SystemExit, match="no tuned point for dpo-mnrl"):
-        mod.freeze()
+    with pytest.raises(SystemExit, match="freeze: dpo-mnrl: needs the sweep variants run to its end"):
+        mod.freeze(force=True)
 
 
 def test_a_new_sweep_starts_from_the_recorded_fast_pool(study):

@@ -1,0 +1,182 @@
+"""The study's finals and data-efficiency runs (``python scripts/study.py finals|data|status``): each missing
+(model, seed) of configs/study/final.yaml run by ``dpo-retrieval compare`` and kept, one file per model and
+seed, under benchmarks/results/study/ (so a later session runs only what is missing)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import study as S
+
+#: a model directory's name in a compare run: <variant>[-seed<k>][-wiseft<alpha>]
+MODEL_DIR = re.compile(r"^(?P<variant>.+?)(?:-seed(?P<seed>-?\d+))?(?:-wiseft(?P<alpha>[0-9.]+))?$")
+
+
+def parse_model_dir(name: str) -> tuple[str, int | None]:
+    """``(model, seed)`` of a compare run's model directory: ``dpo-seed3`` -> ("dpo", 3),
+    ``contrastive-seed2-wiseft0.5`` -> ("contrastive-wiseft0.5", 2), ``base`` -> ("base", None)."""
+    m = MODEL_DIR.match(name)
+    model = m["variant"] + (f"-wiseft{m['alpha']}" if m["alpha"] else "")
+    return model, (int(m["seed"]) if m["seed"] else None)
+
+
+def export_run(run: Path, kept: Path, *, config_sha: str, seeds: list[int], models: list[str] | None = None,
+               drift_pool: dict | None = None) -> list[Path]:
+    """Each model and seed of a compare run directory -> ``kept/<model>/seed<k>.json`` (its report entry per
+    evaluation set, train time, the training key, commit, CPU), ``kept/base.json`` for the base model;
+    only the given training seeds and (with ``models``) those models. With ``drift_pool`` (a sweep results file's fast_pool) each model's
+    ``drift_dev``: its pool scores against the base's (mean |s - s_ref| on held-out dev pairs)."""
+    from dpo_retrieval.experiment.compare import _to_report_entry
+    from dpo_retrieval.models import cpu_name
+
+    written = []
+    for model_dir in sorted(p for p in (run / "eval").iterdir() if p.is_dir()):
+        model, seed = parse_model_dir(model_dir.name)
+        if model != "base" and (seed not in seeds or (models is not None and model not in models)):
+            continue
+        stage_file = run / "models" / f"{model_dir.name}.stage.json"
+        stage = json.loads(stage_file.read_text()) if stage_file.exists() else {}
+        entry = {"model": model, "seed": seed, "config_sha": config_sha, "commit": S._commit(), "cpu": cpu_name(),
+                 "train_seconds": stage.get("train_seconds"),
+                 "train_key": stage.get("key", {}).get("train"),
+                 "datasets": {p.stem: _to_report_entry(json.loads(p.read_text()), None)
+                              for p in sorted(model_dir.glob("*.json")) if not p.name.endswith(".stage.json")}}
+        if drift_pool and model != "base" and (run / "models" / model_dir.name).is_dir():
+            entry["drift_dev"] = model_drift(run / "models" / model_dir.name, drift_pool, run / "mine")
+        path = kept / ("base.json" if model == "base" else f"{model}/seed{seed}.json")
+        S._write(path, entry)
+        written.append(path)
+    return written
+
+
+def model_drift(model_dir: Path, fast_pool: dict, mine: Path) -> dict:
+    """score_drift of a trained model's dev pool scores against the base's (the sweep's pool and base run),
+    on the dev split of the run's own mining."""
+    from dpo_retrieval.data.beir import load_beir
+    from dpo_retrieval.experiment.compare import _read_qids
+    from dpo_retrieval.experiment.fast_dev import score_drift, score_pool
+    from dpo_retrieval.mining import subset_queries
+    from dpo_retrieval.models import load_model
+
+    qids = _read_qids(mine / "dev_qrels.tsv")
+    if sorted(qids) != sorted(fast_pool["pool"]):
+        raise SystemExit(f"{mine / 'dev_qrels.tsv'}: not the dev queries of the recorded fast dev pool")
+    dev = subset_queries(load_beir("scifact", "train"), qids)
+    model = load_model(str(model_dir), device="auto", max_seq_length=256)
+    run = score_pool(model, dev, fast_pool["pool"], precision="fp32")
+    return score_drift(run, fast_pool["base_run"], dev.qrels)
+
+
+def recorded_seeds(kept: Path, models: list[str], config_sha: str) -> set[int]:
+    """The seeds every one of ``models`` has an export of under ``kept`` made from this config."""
+    done = None
+    for model in models:
+        have = {int(p.stem[4:]) for p in kept.glob(f"{model}/seed*.json")
+                if json.loads(p.read_text()).get("config_sha") == config_sha}
+        done = have if done is None else done & have
+    return done or set()
+
+
+def final_models(config: Path, losses: list[str] | None = None, extra: list[str] = ()) -> list[str]:
+    """The report names a compare config's run produces: each of its losses, and <loss>-wiseft<A> for
+    each WiSE-FT alpha the variant (or the run) asks for; ``--variants JSON`` in ``extra`` replaces the
+    config's variants."""
+    import yaml
+
+    cfg = yaml.safe_load(config.read_text())
+    extra = list(extra)
+    variants = json.loads(extra[extra.index("--variants") + 1]) if "--variants" in extra else cfg.get("variants")
+    names = []
+    for loss in losses or cfg["losses"]:
+        own = (variants or {}).get(loss) or {}
+        names += [loss] + [f"{loss}-wiseft{float(a):g}" for a in own.get("wise_ft", cfg.get("wise_ft") or [])]
+    return names
+
+
+def seed_run_dir(src: Path, dst: Path) -> None:
+    """Start ``dst`` from ``src``'s mining and base evaluation (their stage keys do not hold the path)."""
+    for rel in ("mine", "mine.stage.json", "file_hashes.json", "embeddings/base", "eval/base"):
+        s, d = src / rel, dst / rel
+        if s.exists() and not d.exists():
+            d.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if s.is_dir() else shutil.copy2)(s, d)
+
+
+def run_unit(config: Path, out: Path, kept: Path, seeds: list[int], extra: list[str], losses: list[str]) -> None:
+    """Each missing seed of ``losses`` from ``config`` (a compare config) in run directory ``out``, one
+    compare call per seed, each exported to ``kept`` before the next starts."""
+    sha = S.config_sha(config)
+    models = final_models(config, losses, extra)
+    missing = sorted(set(seeds) - recorded_seeds(kept, models, sha))
+    if not missing:
+        print(f"{kept}: seeds {seeds} recorded")
+        return
+    if out != S.RUN / "final":
+        seed_run_dir(S.RUN / "final", out)
+    for seed in missing:  # one seed per compare call: each finished seed is kept before the next starts
+        if (out / "mine" / "triplets.jsonl").exists():
+            S.check_triplets(out / "mine" / "triplets.jsonl", what=str(out))
+        S._cli("compare", str(config), "--seeds", str(seed), "--output", str(out), "--losses", ",".join(losses),
+             "--no_show_progress_bar", *extra)
+        S.check_triplets(out / "mine" / "triplets.jsonl", what=str(out))
+        pool = S._drift_pool()
+        export_run(out, kept, config_sha=sha, seeds=[seed], models=models, drift_pool=pool)
+
+
+def finals() -> None:
+    p = S.plan()
+    config = S.CONFIGS / "final.yaml"
+    run_unit(config, S.RUN / "final", S.KEPT / "final", p["seeds"], [], final_losses(config))
+
+
+def final_losses(config: Path) -> list[str]:
+    import yaml
+
+    return list(yaml.safe_load(config.read_text())["losses"])
+
+
+def data_models(p: dict) -> list[str]:
+    """The data-efficiency models: the plan's, plus the DPO variant best on dev over the recorded finals
+    (not dpo itself; needs every final seed recorded)."""
+    from study_report import DEV, best_of, load_group
+
+    config = S.CONFIGS / "final.yaml"
+    finals = load_group(S.KEPT / "final", S.config_sha(config))
+    variants = [m for m in p["dpo_models"] if m not in p["data_models"]]
+    if any(set(finals["models"].get(m, {})) < set(p["seeds"]) for m in variants):
+        raise SystemExit("data: the best DPO variant is chosen on dev over the finals' seeds: run finals first")
+    return list(p["data_models"]) + [best_of(finals, variants, DEV)]
+
+
+def data() -> None:
+    p = S.plan()
+    config = S.CONFIGS / "final.yaml"
+    models = data_models(p)
+    import yaml
+
+    variants = yaml.safe_load(config.read_text()).get("variants") or {}
+    no_wise_ft = {k: {o: v for o, v in opts.items() if o != "wise_ft"} for k, opts in variants.items()}
+    for n in p["data_sizes"]:
+        run_unit(config, S.RUN / f"n{n}", S.KEPT / "data" / f"n{n}", p["data_seeds"],
+                 ["--max_triplets", str(n), "--eval_datasets", "", "--variants", json.dumps(no_wise_ft)], models)
+
+
+# ---------------------------------------------------------------------------------------------- status
+def status() -> None:
+    p = S.plan()
+    for path in sorted(S.KEPT.glob("tune_*.json")):
+        s = json.loads(path.read_text())
+        print(f"{path.name}: {len(s.get('points', []))} points, best {s.get('best')}")
+    config = S.CONFIGS / "final.yaml"
+    if config.exists():
+        sha = S.config_sha(config)
+        print(f"finals: seeds recorded {sorted(recorded_seeds(S.KEPT / 'final', final_models(config), sha))} "
+              f"of {p['seeds']}")
+        for n in p["data_sizes"]:
+            got = recorded_seeds(S.KEPT / "data" / f"n{n}", p["data_models"], sha)  # the variant joins later
+            print(f"data n{n}: seeds recorded {sorted(got)} of {p['data_seeds']}")
+    else:
+        print("finals: configs/study/final.yaml not written yet (after tuning)")
