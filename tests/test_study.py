@@ -238,3 +238,40 @@ def test_a_new_sweep_starts_from_the_recorded_fast_pool(study):
     (configs / "tune_dpo.yaml").write_text("dataset: scifact\n")
     with pytest.raises(SystemExit, match="no sweep nope .* known: dpo"):
         mod.tune(["dpo", "nope"])
+
+
+def test_finals_and_data_units_end_to_end(study, tmp_path, tiny_model_path, monkeypatch):
+    """run_unit on a tiny BEIR set and model: one compare call per missing seed, each exported (base, each
+    variant, the WiSE-FT model) under the config's identity; a second call runs nothing; a data-size unit
+    with the variants' WiSE-FT dropped exports only what it trained."""
+    from test_compare import write_tiny_beir
+
+    mod, _, kept, configs = study
+    data = write_tiny_beir(tmp_path / "tiny")
+    monkeypatch.setattr(mod, "RUN", tmp_path / "run")
+    config = configs / "final.yaml"
+    config.write_text(yaml.safe_dump({
+        "dataset": str(data), "model": tiny_model_path, "losses": ["mnrl", "dpo"], "seed": 1,
+        "variants": {"mnrl": {"loss": "contrastive", "wise_ft": [0.5]}, "dpo": {"beta": 0.5}},
+        "max_triplets": 10, "per_device_train_batch_size": 4, "train_max_seq_length": 32, "eval_max_seq_length": 32,
+        "precision": "fp32", "top_k": 20, "rank_min": 2, "rank_max": 12, "dev_fraction": 0.2}))
+    mod.run_unit(config, mod.RUN / "final", kept / "final", [2, 3], [], ["mnrl", "dpo"])
+    got = sorted(p.relative_to(kept / "final").as_posix() for p in (kept / "final").rglob("*.json"))
+    assert got == sorted(["base.json", *[f"{m}/seed{k}.json" for m in ("dpo", "mnrl", "mnrl-wiseft0.5") for k in (2, 3)]])
+    entry = json.loads((kept / "final" / "dpo" / "seed3.json").read_text())
+    assert entry["config_sha"] == mod.config_sha(config) and entry["train_key"]["beta"] == 0.5
+    assert set(entry["datasets"]) == {"tiny", "tiny-dev"} and entry["train_seconds"] > 0
+    assert (kept / "triplets.json").exists()  # the study's triplets are pinned at the first run
+
+    def no_run(*args):
+        raise AssertionError(f"ran {args}")
+
+    real_cli = mod._cli
+    monkeypatch.setattr(mod, "_cli", no_run)
+    mod.run_unit(config, mod.RUN / "final", kept / "final", [2, 3], [], ["mnrl", "dpo"])  # all recorded
+    monkeypatch.setattr(mod, "_cli", real_cli)
+    no_wise = json.dumps({"mnrl": {"loss": "contrastive"}, "dpo": {"beta": 0.5}})
+    mod.run_unit(config, mod.RUN / "n8", kept / "data" / "n8", [2], ["--max_triplets", "8", "--variants", no_wise],
+                 ["mnrl"])
+    got = sorted(p.relative_to(kept / "data" / "n8").as_posix() for p in (kept / "data" / "n8").rglob("*.json"))
+    assert got == ["base.json", "mnrl/seed2.json"]
