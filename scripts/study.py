@@ -8,6 +8,7 @@ whether the session's CPU has fast bf16.
 
     export DPO_RETRIEVAL_DATA=../shared/data/beir
     python scripts/study.py tune contrastive dpo          # dev sweeps: configs/study/tune_<name>.yaml
+    python scripts/study.py tune contrastive_negatives    # mine_negatives: k mines runs/study/mine_neg<k> first
     python scripts/study.py freeze                        # configs/study/final.yaml from the best dev points
     python scripts/study.py finals                        # configs/study/final.yaml, seeds of study.yaml
     python scripts/study.py data                          # data efficiency: sizes x seeds of study.yaml
@@ -24,6 +25,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,17 +76,52 @@ def plan() -> dict:
 # ---------------------------------------------------------------------------------------------- triplets
 def check_triplets(triplets: Path, *, what: str) -> str:
     """The triplet file's digest, checked against the one recorded when the study first mined: a session on
-    another CPU must train on the same triplets (else every recorded result would be another experiment)."""
+    another CPU must train on the same triplets (else every recorded result would be another experiment).
+
+    A file with k > 1 negatives per row (mined with ``--negatives k``) must hold the study's triplets as its
+    anchor, positive and negative_1 (:func:`first_negative_sha`), and is itself recorded under
+    ``negatives_<k>`` the first time, then refused if it changes."""
     digest = _sha(triplets)
     record = KEPT / "triplets.json"
     known = json.loads(record.read_text()) if record.exists() else {}
+    k = negatives_per_row(triplets)
+    first = digest if k == 1 else first_negative_sha(triplets)
+    lines = sum(1 for _ in open(triplets))
     if not known:
-        _write(record, {"sha256_16": digest, "file": str(triplets), "lines": sum(1 for _ in open(triplets)),
-                        "commit": _commit()})
-    elif known["sha256_16"] != digest:
-        raise SystemExit(f"{triplets}: triplets differ from the study's ({digest} != {known['sha256_16']} in {record}); "
-                         f"{what} would train on other data. Find out why (mining settings, precision) before going on.")
+        known = {"sha256_16": first, "file": str(triplets), "lines": lines, "commit": _commit()}
+        _write(record, known)
+    elif known["sha256_16"] != first:
+        column = "" if k == 1 else " in anchor, positive and negative_1"
+        raise SystemExit(f"{triplets}: triplets differ from the study's{column} ({first} != {known['sha256_16']} in "
+                         f"{record}); {what} would train on other data. Find out why (mining settings, precision) "
+                         "before going on.")
+    key = f"negatives_{k}"
+    if k > 1 and key not in known:
+        _write(record, {**known, key: {"sha256_16": digest, "file": str(triplets), "lines": lines,
+                                       "commit": _commit()}})
+    elif k > 1 and known[key]["sha256_16"] != digest:
+        raise SystemExit(f"{triplets}: triplets differ from the study's with {k} negatives ({digest} != "
+                         f"{known[key]['sha256_16']} under {key} in {record}); {what} would train on other data.")
     return digest
+
+
+def negatives_per_row(triplets: Path) -> int:
+    """How many negative_<i> columns a triplet file (JSON Lines as mining writes them) has in its first row."""
+    with open(triplets, encoding="utf-8") as f:
+        return sum(1 for key in json.loads(f.readline()) if key.startswith("negative_"))
+
+
+def first_negative_sha(triplets: Path) -> str:
+    """The digest :func:`_sha` would give the file of the same rows with their first negative only, written
+    as mining writes it (``save_triplets``): equal to the study's recorded digest iff anchor, positive and
+    negative_1 are the study's triplets, row by row, in order."""
+    h = hashlib.sha256()
+    with open(triplets, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            first = {"anchor": row["anchor"], "positive": row["positive"], "negative_1": row["negative_1"]}
+            h.update((json.dumps(first, ensure_ascii=False) + "\n").encode("utf-8"))
+    return h.hexdigest()[:16]
 
 
 def ensure_mine() -> Path:
@@ -93,6 +130,25 @@ def ensure_mine() -> Path:
         _cli("mine", "--dataset", "scifact", "--output", str(MINE), "--precision", "fp32")
     check_triplets(MINE / "triplets.jsonl", what="the sweeps")
     return MINE
+
+
+def ensure_mine_negatives(k: int) -> Path:
+    """runs/study/mine_neg<k>: the study's mining with k negatives per positive (the same seed, model and
+    precision; the corpus embeddings of runs/study/mine reused while their key matches). Its dev split must
+    be the study's byte for byte and its first negatives the study's triplets (:func:`check_triplets`)."""
+    mine = ensure_mine()
+    out = RUN / f"mine_neg{k}"
+    if not (out / "mining.json").exists():  # mining.json is written last: an interrupted mining runs again
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("corpus_embeddings.npy", "corpus_embeddings.npy.json"):
+            if (mine / name).exists():
+                shutil.copy2(mine / name, out / name)
+        _cli("mine", "--dataset", "scifact", "--output", str(out), "--precision", "fp32", "--negatives", str(k))
+    if (out / "dev_qrels.tsv").read_bytes() != (mine / "dev_qrels.tsv").read_bytes():
+        raise SystemExit(f"{out / 'dev_qrels.tsv'}: not the study's dev split ({mine / 'dev_qrels.tsv'}); the sweeps "
+                         f"with {k} negatives would score on other queries. Find out why before going on.")
+    check_triplets(out / "triplets.jsonl", what=f"the sweeps with {k} negatives")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- tune
@@ -113,8 +169,9 @@ def best_point(names: list[str], keep=lambda options: True) -> dict:
 
 def resolved_grid(name: str) -> Path:
     """configs/study/tune_<name>.yaml with ``base_on: [sweeps]`` resolved: the options of the best point of
-    those sweeps together become this sweep's fixed options (before the file's own fixed); written under
-    runs/study/tune/."""
+    those sweeps together become this sweep's fixed options (before the file's own fixed); with
+    ``mine_negatives: k`` the points train on runs/study/mine_neg<k>'s triplets (:func:`ensure_mine_negatives`;
+    the dev split stays runs/study/mine's); written under runs/study/tune/."""
     import yaml
 
     spec = yaml.safe_load((CONFIGS / f"tune_{name}.yaml").read_text())
@@ -122,6 +179,11 @@ def resolved_grid(name: str) -> Path:
     if others:
         spec["fixed"] = {**best_point([others] if isinstance(others, str) else others)["options"],
                          **(spec.get("fixed") or {})}
+    k = spec.pop("mine_negatives", None)
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+            raise SystemExit(f"{CONFIGS / f'tune_{name}.yaml'}: mine_negatives: an integer > 1, got {k!r}")
+        spec["triplets"] = str(ensure_mine_negatives(k) / "triplets.jsonl")
     spec.update({"mine": str(MINE), "output": str(RUN / "tune" / name)})
     out = RUN / "tune" / f"{name}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -157,9 +219,9 @@ def share_pool(results: Path) -> None:
 # ---------------------------------------------------------------------------------------------- freeze
 #: the finals' models: name -> (the sweeps its best dev point is taken from, a filter on their rows)
 FINALS = {
-    "mnrl": (["contrastive", "contrastive_epochs"], lambda o: o["loss"] == "contrastive"),
-    "cmnrl": (["cmnrl", "cmnrl_epochs"], lambda o: o["loss"] == "cmnrl"),
-    "dpo": (["dpo", "dpo_epochs", "dpo_knobs"], lambda o: o["loss"] == "dpo"),
+    "mnrl": (["contrastive", "contrastive_epochs", "contrastive_negatives"], lambda o: o["loss"] == "contrastive"),
+    "cmnrl": (["cmnrl", "cmnrl_epochs", "cmnrl_negatives"], lambda o: o["loss"] == "cmnrl"),
+    "dpo": (["dpo", "dpo_epochs", "dpo_knobs", "dpo_negatives"], lambda o: o["loss"] == "dpo"),
     "dpo-mnrl": (["variants"], lambda o: o["loss"] == "dpo+mnrl"),
     "sdpo": (["variants"], lambda o: o["loss"] == "sdpo"),
     "dpo-hinge": (["variants"], lambda o: o["loss"] == "dpo" and o.get("loss_type") == "hinge"),
@@ -168,11 +230,13 @@ FINALS = {
 FINAL_RUN = {"dataset": "scifact", "preset": "full", "train_max_seq_length": 128, "per_device_train_batch_size": 32,
              "num_train_epochs": 1.0, "warmup_steps": 0.1, "seed": 42, "precision": "fp32",
              "eval_datasets": ["dbpedia-entity-5k"]}
-_SWEEP_ONLY = {"max_seq_length", "seed", "loss"}
+_SWEEP_ONLY = {"max_seq_length", "seed", "loss", "negatives"}
 
 
 def variant_of(options: dict) -> dict:
-    """A sweep point's options as a compare variant (``loss`` + what differs from the shared run settings)."""
+    """A sweep point's options as a compare variant (``loss`` + what differs from the shared run settings;
+    the sweep's ``max_seq_length`` and ``negatives`` are compare's ``train_max_seq_length`` and
+    ``train_negatives``)."""
     out = {"loss": options["loss"]}
     for k, v in options.items():
         if k in _SWEEP_ONLY or FINAL_RUN.get(k) == v:
@@ -180,7 +244,17 @@ def variant_of(options: dict) -> dict:
         out[k] = v
     if options.get("max_seq_length", 128) != FINAL_RUN["train_max_seq_length"]:
         out["train_max_seq_length"] = options["max_seq_length"]
+    if options.get("negatives", 1) != 1:
+        out["train_negatives"] = options["negatives"]
     return out
+
+
+def final_run(variants: dict) -> dict:
+    """The finals' run settings: :data:`FINAL_RUN`, and where a variant trains on more than one negative,
+    mining enough for it (``negatives``) with every other variant on the first (``train_negatives: 1``): the
+    study's triplets, which run_unit checks the mined file's first column against."""
+    need = max(v.get("train_negatives", 1) for v in variants.values())
+    return {**FINAL_RUN, "negatives": need, "train_negatives": 1} if need > 1 else dict(FINAL_RUN)
 
 
 def freeze(force: bool = False) -> Path:
@@ -201,7 +275,7 @@ def freeze(force: bool = False) -> Path:
     variants["mnrl"]["wise_ft"] = [0.5]
     header = (f"# the finals' compare config, written by `python scripts/study.py freeze` (commit {_commit()}) from\n"
               "# the best fast-dev point of each model's sweeps in benchmarks/results/study/tune_*.json\n")
-    path.write_text(header + yaml.safe_dump({**FINAL_RUN, "losses": list(variants), "variants": variants},
+    path.write_text(header + yaml.safe_dump({**final_run(variants), "losses": list(variants), "variants": variants},
                                             sort_keys=False))
     return path
 

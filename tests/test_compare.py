@@ -403,6 +403,34 @@ def test_stage_key_holds_only_the_options_a_loss_reads():
     assert all("mnrl_scale" not in loss_settings(loss, dpo) for loss in ("dpo", "sdpo", "dpr"))
 
 
+def test_train_negatives_enter_the_stage_key_only_when_set(tmp_path):
+    """A run that sets no train_negatives (or all that are mined) keeps the training keys of runs made before
+    the option existed; a variant's train_negatives is its own, checked against mining's negatives."""
+    from dpo_retrieval.experiment.compare import CompareArgs, _train_config, check_options, train_settings
+    from dpo_retrieval.experiment.variants import variant_config
+    from dpo_retrieval.mining import MineArgs
+
+    def key(cfg, name):
+        loss, own = variant_config(cfg, name)
+        inputs, dpo, targs = _train_config(own, loss, tmp_path / "m", tmp_path / "t.jsonl")
+        return inputs.negatives, train_settings(inputs, loss, dpo, targs)
+
+    variants = {"dpo2": {"loss": "dpo", "train_negatives": 2}, "dpo4": {"loss": "dpo", "train_negatives": 4}}
+    cfg = CompareArgs(dataset="scifact", output=str(tmp_path / "run"), losses="dpo,dpo2,dpo4", variants=variants,
+                      mining=MineArgs(negatives=4), train_negatives=1)
+    check_options(cfg)
+    assert key(cfg, "dpo")[0] == 1 and key(cfg, "dpo")[1]["negatives"] == 1
+    assert key(cfg, "dpo2")[1]["negatives"] == 2
+    assert key(cfg, "dpo4")[0] is None and "negatives" not in key(cfg, "dpo4")[1]  # all mined: no option
+    plain = CompareArgs(dataset="scifact", output=str(tmp_path / "run"), losses="dpo")
+    negatives, settings = key(plain, "dpo")
+    assert negatives is None and "negatives" not in settings
+    assert settings == {**key(CompareArgs(dataset="scifact", output=str(tmp_path / "run"), losses="dpo",
+                                          train_negatives=1), "dpo")[1]}
+    with pytest.raises(UserInputError, match="train_negatives: 2 is more than the 1 mined per positive"):
+        CompareArgs(dataset="scifact", output=str(tmp_path / "run"), train_negatives=2)
+
+
 def test_compare_wise_ft_evaluates_the_interpolated_model(tmp_path, tiny_model_path):
     import torch
     from sentence_transformers import SentenceTransformer
@@ -478,6 +506,9 @@ def test_compare_variants(tmp_path, tiny_model_path, capsys, caplog):
     ('[1]', "dpo", "variants: must map names to options"),
     ('{x', "dpo", "variants: not a JSON mapping"),
     ('{"x": {"loss": "dpo"}}', "y", "losses: unknown y; choose from"),
+    ('{"x": {"loss": "dpo", "train_negatives": 2}}', "x",
+     "variants: x: train_negatives: 2 is more than the 1 mined per positive; mine at least 2 (negatives: 2)"),
+    ('{"x": {"loss": "dpo", "train_negatives": 0}}', "x", "variants: x: train_negatives: must be > 0"),
     (None, "dpo,dpo", "losses: each name once"),
 ])
 def test_compare_variants_refused(tmp_path, variants, losses, problem):

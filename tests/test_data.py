@@ -184,6 +184,22 @@ def test_save_triplets_round_trips_a_loaded_dataset_and_is_atomic(tmp_path, load
     assert not (tmp_path / "empty.jsonl").exists()
 
 
+def test_first_negatives_cuts_columns_and_refuses_more_than_the_file_has(tmp_path, load):
+    from dpo_retrieval.data.triplets import first_negatives
+    from dpo_retrieval.training.args import TrainArgs
+
+    p = w_jsonl_st_columns(tmp_path)
+    ds = load(p)
+    assert rows_of(first_negatives(ds, 1, p)) == [{k: r[k] for k in ("anchor", "positive", "negative_1")} for r in ROWS]
+    assert first_negatives(ds, 2, p) is ds and first_negatives(ds, None, p) is ds
+    with pytest.raises(UserInputError) as info:
+        first_negatives(ds, 3, p)
+    assert str(info.value) == f"negatives: 3 asked for, but {p} has 2 negatives per triplet"
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(UserInputError, match="negatives: must be an integer > 0"):
+            TrainArgs(triplets=str(p), negatives=bad).check()
+
+
 def test_an_edited_file_is_not_served_from_the_cache(tmp_path, load):
     p = write_jsonl(tmp_path / "t.jsonl", [{"query": "q", "positive": "p", "negative": "old"}])
     assert load(p)["negative_1"] == ["old"]

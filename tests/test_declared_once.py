@@ -19,6 +19,7 @@ MEANING_DIFFERS = {
     "factory": "index: the index built; evaluate: the throwaway index (same help, another default use)",
     "top_k": "search: hits shown (10); evaluate/compare: retrieval depth scored (1000)",
     "max_seq_length": "encoding: None = the index's; train: 256",
+    "negatives": "mine/compare: hard negatives mined per positive; train: the first N of each triplet row used",
     "seed": "mining's sampling seed vs the training arguments' seed (compare sets both from its own)",
     # compare's training budget: None = the preset's, unlike the training arguments' fixed defaults
     "num_train_epochs": "compare: None = the preset's", "per_device_train_batch_size": "compare: None = the preset's",

@@ -94,3 +94,53 @@ def test_scifact_train_queries_that_are_test_queries(beir_data):
     assert test.queries["870"] == train.queries["871"]
     dropped = overlapping_queries(sorted(train.queries), train.queries, test.queries.values())
     assert "871" in dropped and set(dropped) == {"871", "1291"}
+
+
+@pytest.mark.parametrize("length", [5, 15, 21, 22, 40, 100])
+def test_more_negatives_start_with_the_one_negative_draw(length):
+    """select_negatives draws with rng.sample from a seeded rng: both of random.sample's branches (a pool for
+    short populations, rejection sampling for long ones, the switch at 21 for k <= 5) begin with
+    randbelow(len), so k = 1..4 give the same first negative, and k <= 5 the same first k of a longer draw: a
+    file mined with 4 negatives per positive holds the 1-negative file's negative_1 (and the 2-negative
+    file's first two)."""
+    import random
+
+    from dpo_retrieval.mining import MineArgs, select_negatives
+
+    candidates = [(f"d{i}", 1.0 - i / 1000) for i in range(length + 12)]
+    judged = {"d3", f"d{length // 2}"}  # judged documents leave the window before the draw
+    window = MineArgs(rank_min=2, rank_max=length + 2)
+    for seed in (42, 1, 7):
+        for q, pos in (("q1", "d0"), ("1290", "4711"), ("x", "y")):
+            def draw(k, sampling="random"):
+                cfg = MineArgs(negatives=k, rank_min=window.rank_min, rank_max=window.rank_max, sampling=sampling)
+                return select_negatives(candidates, judged, cfg, random.Random(f"{seed}:{q}:{pos}"))
+
+            ks = [k for k in (1, 2, 3, 4, 5) if k <= length - 2]
+            draws = {k: draw(k) for k in ks}
+            assert all(len(draws[k]) == k and not set(draws[k]) & judged for k in ks)
+            for k in ks:
+                assert draws[k] == draws[max(ks)][:k], (seed, q, k)
+                assert draw(k, "top") == draw(max(ks), "top")[:k]
+
+
+def test_negatives_1_of_a_4_negative_file_is_the_1_negative_file(tmp_path, load):
+    """Mined with 4 negatives per positive (same seed and source), the triplets cut to their first N
+    (training's ``negatives``) are the triplets mined with N, row for row."""
+    from dpo_retrieval.data.beir import load_beir
+    from dpo_retrieval.data.triplets import first_negatives
+    from dpo_retrieval.mining import MineArgs, mine
+
+    train = load_beir(write_beir(tmp_path / "ds"), "train")
+    files = {}
+    for k in (1, 2, 4):
+        mine(None, train, tmp_path / f"neg{k}", MineArgs(source="bm25", negatives=k, rank_min=1, rank_max=40))
+        files[k] = tmp_path / f"neg{k}" / "triplets.jsonl"
+        assert (tmp_path / f"neg{k}" / "dev_qrels.tsv").read_bytes() == (tmp_path / "neg1" / "dev_qrels.tsv").read_bytes()
+    four = load(files[4])
+    assert four.column_names == ["anchor", "positive", "negative_1", "negative_2", "negative_3", "negative_4"]
+    for k in (1, 2):
+        cut, mined = first_negatives(four, k, files[4]), load(files[k])
+        assert cut.column_names == mined.column_names and cut.features == mined.features
+        assert cut.to_list() == mined.to_list() and len(cut) > 10
+    assert first_negatives(four, 4, files[4]) is four and first_negatives(four, None, files[4]) is four

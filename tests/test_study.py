@@ -201,8 +201,17 @@ def test_freeze_writes_the_finals_config_from_the_best_dev_points(study, tmp_pat
                        ({"loss": "sdpo", "learning_rate": 5e-5, "beta": 0.3, "sdpo_gamma": 0.5}, 0.66),
                        ({"loss": "dpo", "learning_rate": 5e-5, "beta": 0.3, "loss_type": "hinge",
                          "hinge_margin": 2.0}, 0.65)])
+    for family, options, score in (("contrastive", {"loss": "contrastive", "learning_rate": 1e-4, "mnrl_scale": 20,
+                                                    "num_train_epochs": 3}, 0.685),
+                                   ("cmnrl", {"loss": "cmnrl", "learning_rate": 4e-4, "mnrl_scale": 10,
+                                              "per_device_train_batch_size": 128, "mini_batch_size": 32}, 0.665),
+                                   ("dpo", {"loss": "dpo", "learning_rate": 5e-5, "beta": 0.3}, 0.67)):
+        sweep(f"{family}_negatives", [({**options, "negatives": 2}, score), ({**options, "negatives": 4}, score - 0.01)])
     cfg = yaml.safe_load(mod.freeze().read_text())
     v = cfg["variants"]
+    # no family's best trains on more than one negative: the config is the one before the option existed
+    assert "negatives" not in cfg and "train_negatives" not in cfg
+    assert not any("train_negatives" in x or "negatives" in x for x in v.values())
     assert v["mnrl"] == {"loss": "contrastive", "num_train_epochs": 3, "learning_rate": 1e-4, "mnrl_scale": 20,
                          "wise_ft": [0.5]}
     assert v["cmnrl"]["per_device_train_batch_size"] == 128 and v["dpo"]["dropout"] == "off"
@@ -218,9 +227,102 @@ def test_freeze_writes_the_finals_config_from_the_best_dev_points(study, tmp_pat
                                                         "sdpo", "dpo-hinge"]
     with pytest.raises(SystemExit, match="exists .* --force replaces it"):
         mod.freeze()  # the finals' config is never replaced by accident
+    # DPO's best is now 4 negatives: the finals mine 4 per positive and every other model trains on the first
+    sweep("dpo_negatives", [({"loss": "dpo", "learning_rate": 5e-5, "beta": 0.3, "negatives": 4}, 0.7)])
+    cfg = yaml.safe_load(mod.freeze(force=True).read_text())
+    assert (cfg["negatives"], cfg["train_negatives"]) == (4, 1)
+    assert cfg["variants"]["dpo"] == {"loss": "dpo", "learning_rate": 5e-5, "beta": 0.3, "train_negatives": 4}
+    assert cfg["variants"]["mnrl"] == v["mnrl"] and "train_negatives" not in cfg["variants"]["sdpo"]
+    args = parse_command("compare", ["--output", str(tmp_path / "run")], dict(cfg))[0]
+    assert (args.mining.negatives, args.train_negatives) == (4, 1)
+    check_options(args)
+    (kept / "tune_dpo_negatives.json").unlink()
+    with pytest.raises(SystemExit, match="freeze: dpo: needs the sweep dpo_negatives run to its end"):
+        mod.freeze(force=True)
+    sweep("dpo_negatives", [({"loss": "dpo", "learning_rate": 5e-5, "beta": 0.3, "negatives": 2}, 0.6)])
     (kept / "tune_variants.json").unlink()
     with pytest.raises(SystemExit, match="freeze: dpo-mnrl: needs the sweep variants run to its end"):
         mod.freeze(force=True)
+
+
+def test_negatives_sweeps_train_on_a_checked_second_mining(study, tmp_path, monkeypatch):
+    """A tune file's ``mine_negatives: 4`` mines runs/study/mine_neg4 once (the study's corpus embeddings
+    offered for reuse), checks its dev split and its first negatives against the study's, records its digest
+    beside the study's (whose keys stay as they were) and makes it the grid's triplets; a later change to
+    any of it is refused. The three *_negatives sweeps are one shape."""
+    from dpo_retrieval.data.beir import load_beir
+    from dpo_retrieval.experiment.sweep import read_grid
+    from dpo_retrieval.mining import MineArgs, mine
+    from test_mining import write_beir
+
+    mod, _, kept, configs = study
+    train = load_beir(write_beir(tmp_path / "ds"), "train")
+    monkeypatch.setattr(mod, "RUN", tmp_path / "run")
+    monkeypatch.setattr(mod, "MINE", tmp_path / "run" / "mine")
+    calls = []
+
+    def fake_cli(*args):  # `dpo-retrieval mine` on a tiny BEIR set by BM25 (same seed, window, ranks)
+        calls.append(args)
+        out = Path(args[args.index("--output") + 1])
+        k = int(args[args.index("--negatives") + 1]) if "--negatives" in args else 1
+        mine(None, train, out, MineArgs(source="bm25", negatives=k, rank_min=1, rank_max=40))
+        if k == 1:
+            (out / "corpus_embeddings.npy").write_bytes(b"npy")
+            (out / "corpus_embeddings.npy.json").write_text("{}")
+
+    monkeypatch.setattr(mod, "_cli", fake_cli)
+    real = Path(__file__).resolve().parents[1] / "configs" / "study"
+    shapes = {}
+    for family in ("contrastive", "cmnrl", "dpo"):
+        spec = yaml.safe_load((real / f"tune_{family}_negatives.yaml").read_text())
+        assert spec.pop("base_on") == [family, f"{family}_epochs"]
+        shapes[family] = spec
+        (configs / f"tune_{family}_negatives.yaml").write_text((real / f"tune_{family}_negatives.yaml").read_text())
+    assert shapes["contrastive"] == shapes["cmnrl"] == shapes["dpo"] == {
+        "dataset": "scifact", "mine_negatives": 4, "points": [{"negatives": 2}, {"negatives": 4}]}
+    kept.mkdir(parents=True)
+    for name, rows in (("dpo", [({"loss": "dpo", "beta": 1.0}, 0.6), ({"loss": "dpo", "beta": 3.0}, 0.7)]),
+                       ("dpo_epochs", [({"loss": "dpo", "beta": 3.0, "num_train_epochs": 2}, 0.65)])):
+        (kept / f"tune_{name}.json").write_text(json.dumps({"best": rows[0][0], "points": [
+            {"options": o, "fast_dev": {"ndcg@10": x}} for o, x in rows]}))
+    mod.ensure_mine()
+    pinned = json.loads((kept / "triplets.json").read_text())
+    grid = yaml.safe_load(mod.resolved_grid("dpo_negatives").read_text())
+    neg4 = mod.RUN / "mine_neg4"
+    assert grid["triplets"] == str(neg4 / "triplets.jsonl") and "mine_negatives" not in grid
+    assert grid["fixed"] == {"loss": "dpo", "beta": 3.0} and grid["mine"] == str(mod.MINE)
+    assert read_grid(mod.RUN / "tune" / "dpo_negatives.yaml")["points"] == [{"negatives": 2}, {"negatives": 4}]
+    assert [c[-1] for c in calls] == ["fp32", "4"]
+    assert (neg4 / "corpus_embeddings.npy").read_bytes() == b"npy"  # offered to mine, which checks its key
+    record = json.loads((kept / "triplets.json").read_text())
+    assert list(record) == [*pinned, "negatives_4"] and {k: record[k] for k in pinned} == pinned
+    assert record["negatives_4"]["sha256_16"] == mod._sha(neg4 / "triplets.jsonl") != pinned["sha256_16"]
+    assert mod.first_negative_sha(neg4 / "triplets.jsonl") == pinned["sha256_16"]
+    assert mod.negatives_per_row(neg4 / "triplets.jsonl") == 4
+    mod.resolved_grid("dpo_negatives")  # mined and recorded: nothing runs again
+    assert len(calls) == 2
+
+    def edited(column, row=3):
+        lines = original.splitlines(keepends=True)
+        r = json.loads(lines[row])
+        r[column] = r[column] + " (edited)"
+        lines[row] = json.dumps(r, ensure_ascii=False) + "\n"
+        (neg4 / "triplets.jsonl").write_text("".join(lines), encoding="utf-8")
+
+    original = (neg4 / "triplets.jsonl").read_text(encoding="utf-8")
+    edited("negative_3")
+    with pytest.raises(SystemExit, match="differ from the study's with 4 negatives .* under negatives_4"):
+        mod.resolved_grid("dpo_negatives")
+    edited("negative_1")
+    with pytest.raises(SystemExit, match="differ from the study's in anchor, positive and negative_1"):
+        mod.resolved_grid("dpo_negatives")
+    (neg4 / "triplets.jsonl").write_text(original, encoding="utf-8")
+    mod.resolved_grid("dpo_negatives")
+    dev = (neg4 / "dev_qrels.tsv").read_text()
+    (neg4 / "dev_qrels.tsv").write_text(dev + "x\ty\t1\n")
+    with pytest.raises(SystemExit, match="dev_qrels.tsv: not the study's dev split"):
+        mod.resolved_grid("dpo_negatives")
+    assert json.loads((kept / "triplets.json").read_text()) == record
 
 
 def test_a_new_sweep_starts_from_the_recorded_fast_pool(study):
@@ -252,16 +354,23 @@ def test_finals_and_data_units_end_to_end(study, tmp_path, tiny_model_path, monk
     config = configs / "final.yaml"
     config.write_text(yaml.safe_dump({
         "dataset": str(data), "model": tiny_model_path, "losses": ["mnrl", "dpo"], "seed": 1,
-        "variants": {"mnrl": {"loss": "contrastive", "wise_ft": [0.5]}, "dpo": {"beta": 0.5}},
+        "variants": {"mnrl": {"loss": "contrastive", "wise_ft": [0.5]}, "dpo": {"beta": 0.5, "train_negatives": 2}},
         "max_triplets": 10, "per_device_train_batch_size": 4, "train_max_seq_length": 32, "eval_max_seq_length": 32,
-        "precision": "fp32", "top_k": 20, "rank_min": 2, "rank_max": 12, "dev_fraction": 0.2}))
+        "precision": "fp32", "top_k": 20, "rank_min": 2, "rank_max": 12, "dev_fraction": 0.2,
+        "negatives": 2, "train_negatives": 1}))  # as freeze writes it when a final trains on 2 negatives
     mod.run_unit(config, mod.RUN / "final", kept / "final", [2, 3], [], ["mnrl", "dpo"])
     got = sorted(p.relative_to(kept / "final").as_posix() for p in (kept / "final").rglob("*.json"))
     assert got == sorted(["base.json", *[f"{m}/seed{k}.json" for m in ("dpo", "mnrl", "mnrl-wiseft0.5") for k in (2, 3)]])
     entry = json.loads((kept / "final" / "dpo" / "seed3.json").read_text())
     assert entry["config_sha"] == mod.config_sha(config) and entry["train_key"]["beta"] == 0.5
     assert set(entry["datasets"]) == {"tiny", "tiny-dev"} and entry["train_seconds"] > 0
-    assert (kept / "triplets.json").exists()  # the study's triplets are pinned at the first run
+    # the study's triplets are pinned at the first run: the mined file's first negatives, and the file itself
+    pinned = json.loads((kept / "triplets.json").read_text())
+    mined = mod.RUN / "final" / "mine" / "triplets.jsonl"
+    assert pinned["sha256_16"] == mod.first_negative_sha(mined) and pinned["negatives_2"]["sha256_16"] == mod._sha(mined)
+    assert entry["train_key"].get("negatives") is None  # dpo trains on all 2 mined
+    mnrl = json.loads((kept / "final" / "mnrl" / "seed3.json").read_text())
+    assert mnrl["train_key"]["negatives"] == 1
 
     def no_run(*args):
         raise AssertionError(f"ran {args}")

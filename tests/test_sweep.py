@@ -118,6 +118,10 @@ def test_bad_grid_fails_before_training(tmp_path, tiny_model_path, mined):
     with pytest.raises(UserInputError, match="unknown or reserved option 'betta'"):
         run_sweep(SweepArgs(grid=str(grid)))
     assert not (tmp_path / "sweep").exists()
+    grid = _grid(tmp_path, data, mine, tiny_model_path, negatives=[1, 2])  # the mined file has 1 per positive
+    with pytest.raises(UserInputError, match=r"negatives: 2 asked for, but .*triplets.jsonl has 1 negative per"):
+        run_sweep(SweepArgs(grid=str(grid)))
+    assert not (tmp_path / "sweep").exists()
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: x\ngrid: {beta: [1]}\n")
     with pytest.raises(UserInputError, match="mine: required"):

@@ -91,6 +91,29 @@ def test_dpo_starts_at_log2_only_without_dropout(tmp_path, tiny_model_path, drop
     assert saved[0].auto_model.config.hidden_dropout_prob == 0.1  # the saved config keeps its dropout
 
 
+def test_negatives_trains_on_the_first_negatives_only(tmp_path, tiny_model_path, capsys):
+    """--negatives 1 on a 2-negative file trains exactly as the 1-negative file does (same batches, same
+    reference scores, same weights); more negatives than the file has is a one-line error naming the flag."""
+    import torch
+
+    one = write_jsonl(tmp_path / "one.jsonl")
+    two = tmp_path / "two.jsonl"
+    two.write_text("".join(json.dumps({"query": q, "positive": p, "negatives": [n, f"{n} of the {i} mice"]}) + "\n"
+                           for i, (q, p, n) in enumerate(TRIPLETS)))
+    weights = {}
+    for name, triplets, extra in (("one", one, []), ("cut", two, ["--negatives", "1"])):
+        out = tmp_path / name
+        assert main(train_args(tiny_model_path, triplets, out, "--max-steps", "2", *extra)) == 0
+        weights[name] = SentenceTransformer(str(out), device="cpu").state_dict()
+    assert json.loads((tmp_path / "cut" / "train_summary.json").read_text())["config"]["negatives"] == 1
+    assert all(torch.equal(weights["one"][k], weights["cut"][k]) for k in weights["one"])
+    capsys.readouterr()
+    assert main(train_args(tiny_model_path, two, tmp_path / "never", "--negatives", "3")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--negatives: 3 asked for, but {two} has 2 negatives per triplet") and len(err.splitlines()) == 1
+    assert not (tmp_path / "never").exists()
+
+
 def test_bad_triplets_fail_cleanly_without_output(tmp_path, tiny_model_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "q", "positive": "p", "negative": "n"}\n{"query": "q2", "positive": ""\n')

@@ -79,6 +79,7 @@ __all__ = [
     "POSITIVE",
     "load_beir_corpus",
     "load_beir_queries",
+    "first_negatives",
     "load_triplets",
     "negative_columns",
     "save_triplets",
@@ -251,6 +252,20 @@ def load_triplets(path: str | os.PathLike, *, corpus: str | os.PathLike | None =
     k = len(ds.column_names) - 2
     logger.info("loaded %d triplets with %d negative%s each from %s", ds.num_rows, k, "s" if k != 1 else "", path)
     return ds
+
+
+def first_negatives(dataset: "datasets.Dataset", n: int | None, source: str | os.PathLike) -> "datasets.Dataset":
+    """``dataset`` (as :func:`load_triplets` returns it) with only its first ``n`` negatives per row, the
+    columns ``negative_{n+1}..`` dropped; None keeps all. A file with fewer than ``n`` negatives per row
+    (``source`` names it) raises :class:`UserInputError` naming the ``negatives`` option."""
+    if n is None:
+        return dataset
+    k = sum(1 for c in dataset.column_names if c.startswith("negative_"))
+    if k < n:
+        raise UserInputError(f"negatives: {n} asked for, but {os.fspath(source)} has {k} negative"
+                             f"{'s' if k != 1 else ''} per triplet")
+    extra = negative_columns(k)[n:]
+    return dataset.remove_columns(extra) if extra else dataset
 
 
 # ----------------------------------------------------------------------------------------------

@@ -94,6 +94,9 @@ class CompareArgs(ScoringArgs, ModelArgs):
     max_triplets: int | None = field(default=None, metadata={
         "help": "train on a seeded subsample of this many triplets"})
     train_max_seq_length: int | None = field(default=None, metadata={"help": "tokens per text in training"})
+    train_negatives: int | None = field(default=None, metadata={
+        "help": "train on the first N mined negatives of each triplet, at most --negatives (train's --negatives; "
+                "default: all)"})
     num_train_epochs: float | None = field(default=None, metadata={"help": "training epochs (default: the preset's)"})
     per_device_train_batch_size: int | None = field(default=None, metadata={
         "help": "triplets per training batch (default: the preset's)"})
@@ -128,6 +131,10 @@ class CompareArgs(ScoringArgs, ModelArgs):
             (positive(self.max_triplets, optional=True), f"max_triplets: must be > 0, got {self.max_triplets}"),
             (positive(self.train_max_seq_length, optional=True),
              f"train_max_seq_length: must be > 0, got {self.train_max_seq_length}"),
+            (positive(self.train_negatives, optional=True), f"train_negatives: must be > 0, got {self.train_negatives}"),
+            (self.train_negatives is None or self.train_negatives <= self.mining.negatives,
+             f"train_negatives: {self.train_negatives} is more than the {self.mining.negatives} mined per positive; "
+             f"mine at least {self.train_negatives} (negatives: {self.train_negatives})"),
             (positive(self.num_train_epochs, optional=True),
              f"num_train_epochs: must be a finite number > 0, got {self.num_train_epochs}"),
             (positive(self.per_device_train_batch_size, optional=True),
@@ -174,14 +181,26 @@ def _train_config(cfg: CompareArgs, loss: str, output: Path, triplets: Path):
     """``(TrainArgs, DPOArgs, training arguments)`` of one loss's training run, checked (``cfg`` resolved)."""
     from dpo_retrieval.training.args import TrainArgs, check_training_arguments, training_arguments
 
+    # every mined negative (mining.negatives of them) is all of them: no option, so the stage key is unchanged
+    negatives = None if cfg.train_negatives == cfg.mining.negatives else cfg.train_negatives
     inputs = TrainArgs(triplets=str(triplets), model=cfg.model, loss=loss, max_seq_length=cfg.train_max_seq_length,
-                       device=cfg.device, precision=cfg.precision, trust_remote_code=cfg.trust_remote_code).check()
+                       negatives=negatives, device=cfg.device, precision=cfg.precision,
+                       trust_remote_code=cfg.trust_remote_code).check()
     args = training_arguments(str(output), num_train_epochs=cfg.num_train_epochs,
                               per_device_train_batch_size=cfg.per_device_train_batch_size,
                               learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, seed=cfg.seed,
                               logging_steps=1, save_steps=50, disable_tqdm=not cfg.show_progress_bar)
     check_training_arguments(args)
     return inputs, cfg.dpo, args
+
+
+def train_settings(inputs, loss: str, dpo: DPOArgs, targs) -> dict:
+    """What a training stage's key holds of its run: the TrainArgs (not the file, which the data stage's hash
+    stands for, nor the model's name), the DPOArgs ``loss`` reads and :data:`TRAINING_KEY`. ``negatives``
+    only when set, so the keys of runs made before the option existed still match."""
+    own = {k: v for k, v in dataclasses.asdict(inputs).items()
+           if k not in ("triplets", "model") and not (k == "negatives" and v is None)}
+    return {**own, **loss_settings(loss, dpo), **{k: getattr(targs, k) for k in TRAINING_KEY}}
 
 
 def check_options(cfg: CompareArgs) -> tuple[CompareArgs, str]:
@@ -284,9 +303,7 @@ def run_compare(cfg: CompareArgs) -> dict:
             out = run / "models" / name
             inputs, dpo, targs = _train_config(own, loss, out, train_file)
             targs.seed = train_seed  # the trainer's shuffling, dropout and init; mining keeps cfg.seed
-            settings = {**{k: v for k, v in dataclasses.asdict(inputs).items() if k not in ("triplets", "model")},
-                        **loss_settings(loss, dpo),
-                        **{k: getattr(targs, k) for k in TRAINING_KEY}}
+            settings = train_settings(inputs, loss, dpo, targs)
             # the training texts are the data stage's (its hash covers the mined triplets' key)
             key = {"encoding": encoding_key(base_id, precision, data_stage.hash), "train": settings}
             stage = Stage(run / "models" / f"{name}.stage.json", key)

@@ -11,6 +11,7 @@ A grid file (YAML or JSON)::
     fixed: {loss: dpo, max_seq_length: 128, per_device_train_batch_size: 32}
     grid: {beta: [0.3, 1, 3], learning_rate: [2.0e-5, 5.0e-5]}
     points: [{dropout: "off"}, {policy: sigmoid}]   # optional: one-at-a-time variations of fixed
+                                     #   ({negatives: 2}: the first 2 hard negatives of each triplet row)
 
 Option names are the fields of :class:`~dpo_retrieval.training.args.TrainArgs`,
 :class:`~dpo_retrieval.training.args.DPOArgs` and sentence-transformers'
@@ -215,7 +216,7 @@ def _spearman(pairs: list[tuple[float, float]]) -> dict | None:
 def run_sweep(args: SweepArgs) -> dict:
     """Train and dev-score every grid point (resumable); returns what ``OUTPUT/sweep.json`` holds."""
     from dpo_retrieval.data.beir import load_beir
-    from dpo_retrieval.data.triplets import load_triplets
+    from dpo_retrieval.data.triplets import first_negatives, load_triplets
     from dpo_retrieval.evaluation.metrics import evaluate_run, per_query_metrics, report_metrics
     from dpo_retrieval.experiment.compare import _read_qids
     from dpo_retrieval.experiment.fast_dev import candidate_pool, score_drift, score_pool
@@ -238,7 +239,9 @@ def run_sweep(args: SweepArgs) -> dict:
     points = sweep_points(spec)
     for options in points:  # every point's options are checked before anything is trained
         split_options(options)
-    load_triplets(str(triplets))
+    data = load_triplets(str(triplets))
+    for options in points:  # and its negatives against the file's
+        first_negatives(data, options.get("negatives"), triplets)
     dev = subset_queries(load_beir(spec["dataset"], "train"), dev_qids)
     model_name = spec["fixed"].get("model")
     base_key = model_id(resolve_model_path(model_name), memo_file=out / "file_hashes.json")

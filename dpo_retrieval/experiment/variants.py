@@ -10,11 +10,13 @@ A config file (or ``--variants`` JSON) maps a name to a loss and the options it 
 
 A name in ``losses`` that is a variant trains its loss with the run's options overridden by the
 variant's (the training budget - ``train_max_seq_length``, ``num_train_epochs``,
-``per_device_train_batch_size``, ``learning_rate``, ``warmup_steps`` -, ``wise_ft``, and any DPO or
-loss option such as ``beta``, ``scale``, ``policy``, ``loss_type``, ``dropout``, ``mnrl_scale``), and is
-called by its name in ``models/``, ``eval/``, the report and the plots. A variant named after a loss
-(``contrastive: {learning_rate: 1.0e-4}``) needs no ``loss``. Mining, the triplets, the seeds and the
-evaluation sets stay the run's, so every variant trains on the same triplets and batches.
+``per_device_train_batch_size``, ``learning_rate``, ``warmup_steps`` -, ``train_negatives``, ``wise_ft``,
+and any DPO or loss option such as ``beta``, ``scale``, ``policy``, ``loss_type``, ``dropout``,
+``mnrl_scale``), and is called by its name in ``models/``, ``eval/``, the report and the plots. A variant
+named after a loss (``contrastive: {learning_rate: 1.0e-4}``) needs no ``loss``. Mining, the triplets, the
+seeds and the evaluation sets stay the run's, so every variant trains on the same triplets and batches;
+``train_negatives: N`` trains on the first N of each triplet's mined negatives, so mining (``negatives``,
+the run's) must give at least N, else the variant is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ if TYPE_CHECKING:
     from dpo_retrieval.experiment.compare import CompareArgs
 
 #: the run options a variant may change (besides ``loss`` and the DPOArgs fields)
-VARIANT_OPTIONS = ("train_max_seq_length", "num_train_epochs", "per_device_train_batch_size", "learning_rate",
-                   "warmup_steps", "wise_ft")
+VARIANT_OPTIONS = ("train_max_seq_length", "train_negatives", "num_train_epochs", "per_device_train_batch_size",
+                   "learning_rate", "warmup_steps", "wise_ft")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 _RESERVED = re.compile(r"(^base$)|(-seed-?\d+$)|(-wiseft[0-9.eE+-]+$)")
 

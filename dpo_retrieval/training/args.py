@@ -61,6 +61,8 @@ class TrainArgs(BaseModelArgs):
                 "softmax DPO over "
                 "the batch, -log softmax_j(beta*scale*(s_j - sdpo_gamma*s_ref_j))[positive]"})
     max_seq_length: int = field(default=256, metadata={"help": "tokens per text"})
+    negatives: int | None = field(default=None, metadata={
+        "help": "use only the first N hard negatives of each triplet row (default: all)"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in the output directory"})
     eval_data: str | None = field(default=None, metadata={
         "help": "BEIR dataset (name or directory) whose dev queries are scored against its corpus during training "
@@ -82,6 +84,9 @@ class TrainArgs(BaseModelArgs):
         require([
             (self.loss in LOSSES, f"loss: unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}"),
             (self.max_seq_length > 0, f"max_seq_length: must be > 0, got {self.max_seq_length}"),
+            (self.negatives is None or (isinstance(self.negatives, int) and not isinstance(self.negatives, bool)
+                                        and self.negatives > 0),
+             f"negatives: must be an integer > 0, got {self.negatives}"),
             (self.early_stopping_patience is None or self.early_stopping_patience > 0,
              f"early_stopping_patience: must be > 0, got {self.early_stopping_patience}"),
             (self.early_stopping_threshold >= 0 and math.isfinite(self.early_stopping_threshold),

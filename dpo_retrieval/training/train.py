@@ -95,7 +95,7 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
     the log, checkpoints, model and summary, and the others wait until it has saved."""
     from sentence_transformers.base.sampler import BatchSamplers
 
-    from dpo_retrieval.data.triplets import load_triplets
+    from dpo_retrieval.data.triplets import first_negatives, load_triplets
     from dpo_retrieval.models import has_two_towers, load_model, make_two_towers, resolve_device, resolve_precision
     from dpo_retrieval.losses import model_similarity
     from dpo_retrieval.training.reference import OnlineReference, add_reference_embeddings, add_reference_scores
@@ -116,7 +116,8 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
         raise UserInputError(f"resume: {output} holds a finished model and no checkpoint to resume")
 
     # Everything that can fail on bad input happens before the output directory exists.
-    dataset = load_triplets(cfg.triplets, corpus=cfg.corpus, queries=cfg.queries)
+    dataset = first_negatives(load_triplets(cfg.triplets, corpus=cfg.corpus, queries=cfg.queries), cfg.negatives,
+                              cfg.triplets)
     evaluates = strategy(args.eval_strategy) != "no"
     eval_dataset = load_eval_triplets(cfg) if evaluates else None
     dev_split = load_dev_split(cfg) if evaluates else None
