@@ -171,7 +171,8 @@ def resolved_grid(name: str) -> Path:
     """configs/study/tune_<name>.yaml with ``base_on: [sweeps]`` resolved: the options of the best point of
     those sweeps together become this sweep's fixed options (before the file's own fixed); with
     ``mine_negatives: k`` the points train on runs/study/mine_neg<k>'s triplets (:func:`ensure_mine_negatives`;
-    the dev split stays runs/study/mine's); written under runs/study/tune/."""
+    the dev split stays runs/study/mine's; ``negatives: 1`` unless the fixed options or a point say otherwise, so
+    a base point from a one-negative sweep trains on the same data as there); written under runs/study/tune/."""
     import yaml
 
     spec = yaml.safe_load((CONFIGS / f"tune_{name}.yaml").read_text())
@@ -184,6 +185,8 @@ def resolved_grid(name: str) -> Path:
         if isinstance(k, bool) or not isinstance(k, int) or k < 2:
             raise SystemExit(f"{CONFIGS / f'tune_{name}.yaml'}: mine_negatives: an integer > 1, got {k!r}")
         spec["triplets"] = str(ensure_mine_negatives(k) / "triplets.jsonl")
+        # a point from a one-negative sweep says nothing of negatives; on this file it means the first only
+        spec["fixed"] = {"negatives": 1, **(spec.get("fixed") or {})}
     spec.update({"mine": str(MINE), "output": str(RUN / "tune" / name)})
     out = RUN / "tune" / f"{name}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -290,7 +290,7 @@ def test_negatives_sweeps_train_on_a_checked_second_mining(study, tmp_path, monk
     grid = yaml.safe_load(mod.resolved_grid("dpo_negatives").read_text())
     neg4 = mod.RUN / "mine_neg4"
     assert grid["triplets"] == str(neg4 / "triplets.jsonl") and "mine_negatives" not in grid
-    assert grid["fixed"] == {"loss": "dpo", "beta": 3.0} and grid["mine"] == str(mod.MINE)
+    assert grid["fixed"] == {"negatives": 1, "loss": "dpo", "beta": 3.0} and grid["mine"] == str(mod.MINE)
     assert read_grid(mod.RUN / "tune" / "dpo_negatives.yaml")["points"] == [{"negatives": 2}, {"negatives": 4}]
     assert [c[-1] for c in calls] == ["fp32", "4"]
     assert (neg4 / "corpus_embeddings.npy").read_bytes() == b"npy"  # offered to mine, which checks its key
