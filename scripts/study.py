@@ -152,15 +152,37 @@ def ensure_mine_negatives(k: int) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- tune
+#: the edge rule of study_scifact.md: a grid axis whose best value is its smallest or largest is extended one step
+EDGE_STEPS = {"learning_rate": 2.0, "beta": 3.0, "mnrl_scale": 2.0, "scale": 2.0}
+
+
+def grid_edges(recorded: dict) -> dict[str, float]:
+    """``{axis: the next value to sweep}`` for each axis of a finished sweep's grid (``recorded``: its results
+    file) on which the best point lies at an edge (:data:`EDGE_STEPS` axes with 2 or more values)."""
+    grid, best = (recorded.get("grid") or {}).get("grid") or {}, recorded.get("best") or {}
+    out = {}
+    for axis, step in EDGE_STEPS.items():
+        values = sorted(grid.get(axis) or [])
+        if len(values) >= 2 and best.get(axis) in (values[0], values[-1]):
+            out[axis] = float(f"{best[axis] * step if best[axis] == values[-1] else best[axis] / step:.3g}")
+    return out
+
+
 def best_point(names: list[str], keep=lambda options: True) -> dict:
     """The row with the highest fast dev nDCG@10 over the sweeps ``names`` together (their current grid's
-    rows, those whose options pass ``keep``); every sweep must have run to its end (its file has ``best``)."""
+    rows, those whose options pass ``keep``); every sweep must have run to its end (its file has ``best``)
+    with its best inside its grid (:func:`grid_edges`, the plan's edge rule)."""
     rows = []
     for other in names:
         done = KEPT / f"tune_{other}.json"
         recorded = json.loads(done.read_text()) if done.exists() else {}
         if not recorded.get("best"):
             raise SystemExit(f"needs the sweep {other} run to its end first (python scripts/study.py tune {other})")
+        edges = grid_edges(recorded)
+        if edges:
+            raise SystemExit(f"the sweep {other}'s best lies on its grid's edge: add "
+                             f"{', '.join(f'{a} {v:g}' for a, v in edges.items())} to configs/study/tune_{other}.yaml "
+                             f"(the edge rule of study_scifact.md) and run `python scripts/study.py tune {other}`")
         rows += [r for r in recorded.get("points", []) if keep(r["options"])]
     if not rows:
         raise SystemExit(f"the sweeps {', '.join(names)} have no scored point of this kind")

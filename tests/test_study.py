@@ -384,3 +384,23 @@ def test_finals_and_data_units_end_to_end(study, tmp_path, tiny_model_path, monk
                  ["mnrl"])
     got = sorted(p.relative_to(kept / "data" / "n8").as_posix() for p in (kept / "data" / "n8").rglob("*.json"))
     assert got == ["base.json", "mnrl/seed2.json"]
+
+
+def test_the_edge_rule_stops_a_sweep_built_on_an_edge_best(study):
+    """A base sweep whose best lies on an edge of a learning-rate, beta or scale axis must be extended (the
+    plan's amendment) before anything is built on it; an interior best, or an edge on another axis, passes."""
+    mod, _, kept, _ = study
+    kept.mkdir(parents=True, exist_ok=True)
+
+    def sweep(grid, best):
+        points = [{"options": best, "fast_dev": {"ndcg@10": 0.7}}]
+        (kept / "tune_g.json").write_text(json.dumps({"grid": {"grid": grid}, "best": best, "points": points}))
+
+    sweep({"learning_rate": [1e-5, 2e-5, 4e-5], "beta": [1.0, 3.0, 10.0]}, {"learning_rate": 2e-5, "beta": 10.0})
+    with pytest.raises(SystemExit, match="edge: add beta 30 to configs/study/tune_g.yaml"):
+        mod.best_point(["g"])
+    sweep({"learning_rate": [1e-5, 2e-5, 4e-5]}, {"learning_rate": 1e-5})
+    assert mod.grid_edges(json.loads((kept / "tune_g.json").read_text())) == {"learning_rate": 5e-6}
+    sweep({"learning_rate": [1e-5, 2e-5, 4e-5], "num_train_epochs": [1, 2]},
+          {"learning_rate": 2e-5, "num_train_epochs": 2})
+    assert mod.best_point(["g"])["options"]["learning_rate"] == 2e-5
