@@ -105,25 +105,34 @@ def seed_run_dir(src: Path, dst: Path) -> None:
             (shutil.copytree if s.is_dir() else shutil.copy2)(s, d)
 
 
-def run_unit(config: Path, out: Path, kept: Path, seeds: list[int], extra: list[str], losses: list[str]) -> None:
-    """Each missing seed of ``losses`` from ``config`` (a compare config) in run directory ``out``, one
-    compare call per seed, each exported to ``kept`` before the next starts."""
+def missing_losses(config: Path, kept: Path, seed: int, extra: list[str], losses: list[str]) -> list[str]:
+    """The losses of ``losses`` whose seed is not recorded under ``kept`` from this config: the loss itself or
+    one of its report names (``<loss>-wiseft<A>``, see :func:`final_models`) lacks ``<name>/seed<k>.json``."""
     sha = S.config_sha(config)
-    models = final_models(config, losses, extra)
-    missing = sorted(set(seeds) - recorded_seeds(kept, models, sha))
-    if not missing:
-        print(f"{kept}: seeds {seeds} recorded")
+    return [loss for loss in losses if seed not in recorded_seeds(kept, final_models(config, [loss], extra), sha)]
+
+
+def run_unit(config: Path, out: Path, kept: Path, seeds: list[int], extra: list[str], losses: list[str]) -> None:
+    """Each seed of ``losses`` from ``config`` (a compare config) in run directory ``out``, one compare call
+    per seed with only the losses that seed lacks (:func:`missing_losses`), each exported to ``kept`` before
+    the next starts; a model already recorded is never exported over."""
+    sha = S.config_sha(config)
+    todo = {seed: missing for seed in sorted(seeds) if (missing := missing_losses(config, kept, seed, extra, losses))}
+    if not todo:
+        print(f"{kept}: seeds {seeds} of {', '.join(losses)} recorded")
         return
     if out != S.RUN / "final":
         seed_run_dir(S.RUN / "final", out)
-    for seed in missing:  # one seed per compare call: each finished seed is kept before the next starts
+    for seed, missing in todo.items():  # one seed per compare call: each finished seed is kept before the next starts
+        new = [m for m in final_models(config, missing, extra) if seed not in recorded_seeds(kept, [m], sha)]
+        print(f"{kept}: seed {seed}: training {', '.join(missing)} (for {', '.join(new)})")
         if (out / "mine" / "triplets.jsonl").exists():
             S.check_triplets(out / "mine" / "triplets.jsonl", what=str(out))
-        S._cli("compare", str(config), "--seeds", str(seed), "--output", str(out), "--losses", ",".join(losses),
-             "--no_show_progress_bar", *extra)
+        S._cli("compare", str(config), "--seeds", str(seed), "--output", str(out), "--losses", ",".join(missing),
+               "--no_show_progress_bar", *extra)
         S.check_triplets(out / "mine" / "triplets.jsonl", what=str(out))
         pool = S._drift_pool()
-        export_run(out, kept, config_sha=sha, seeds=[seed], models=models, drift_pool=pool)
+        export_run(out, kept, config_sha=sha, seeds=[seed], models=new, drift_pool=pool)
 
 
 def finals() -> None:
@@ -139,27 +148,37 @@ def final_losses(config: Path) -> list[str]:
 
 
 def data_models(p: dict) -> list[str]:
-    """The data-efficiency models: the plan's, plus the DPO variant best on dev over the recorded finals
-    (not dpo itself; needs every final seed recorded)."""
+    """The data-efficiency models: the plan's, plus the DPO variant best on dev over the recorded finals (not
+    dpo itself), once every final seed of the variants is recorded; until then the plan's alone, said in one
+    line."""
     from study_report import DEV, best_of, load_group
 
     config = S.CONFIGS / "final.yaml"
     finals = load_group(S.KEPT / "final", S.config_sha(config))
     variants = [m for m in p["dpo_models"] if m not in p["data_models"]]
-    if any(set(finals["models"].get(m, {})) < set(p["seeds"]) for m in variants):
-        raise SystemExit("data: the best DPO variant is chosen on dev over the finals' seeds: run finals first")
-    return list(p["data_models"]) + [best_of(finals, variants, DEV)]
+    if not variants:
+        return list(p["data_models"])
+    if any(not set(p["seeds"]) <= set(finals["models"].get(m, {})) for m in variants):
+        print(f"data: {', '.join(p['data_models'])} only; the best DPO variant's data runs follow once the finals "
+              f"are recorded (it is chosen on dev over the finals' seeds {p['seeds']})")
+        return list(p["data_models"])
+    best = best_of(finals, variants, DEV)
+    if best is None:
+        raise SystemExit(f"data: no DPO variant ({', '.join(variants)}) has {DEV} scores in the finals")
+    return list(p["data_models"]) + [best]
 
 
 def data() -> None:
+    """Each (size, seed) of the data-efficiency models, smallest size first, one compare call per (size, seed)
+    with only the models it lacks."""
+    import yaml
+
     p = S.plan()
     config = S.CONFIGS / "final.yaml"
     models = data_models(p)
-    import yaml
-
     variants = yaml.safe_load(config.read_text()).get("variants") or {}
     no_wise_ft = {k: {o: v for o, v in opts.items() if o != "wise_ft"} for k, opts in variants.items()}
-    for n in p["data_sizes"]:
+    for n in sorted(p["data_sizes"]):
         run_unit(config, S.RUN / f"n{n}", S.KEPT / "data" / f"n{n}", p["data_seeds"],
                  ["--max_triplets", str(n), "--eval_datasets", "", "--variants", json.dumps(no_wise_ft)], models)
 
@@ -175,8 +194,9 @@ def status() -> None:
         sha = S.config_sha(config)
         print(f"finals: seeds recorded {sorted(recorded_seeds(S.KEPT / 'final', final_models(config), sha))} "
               f"of {p['seeds']}")
-        for n in p["data_sizes"]:
-            got = recorded_seeds(S.KEPT / "data" / f"n{n}", p["data_models"], sha)  # the variant joins later
-            print(f"data n{n}: seeds recorded {sorted(got)} of {p['data_seeds']}")
+        models = data_models(p)
+        for n in sorted(p["data_sizes"]):
+            got = recorded_seeds(S.KEPT / "data" / f"n{n}", models, sha)
+            print(f"data n{n}: seeds recorded for {', '.join(models)}: {sorted(got)} of {p['data_seeds']}")
     else:
         print("finals: configs/study/final.yaml not written yet (after tuning)")

@@ -126,7 +126,8 @@ def verdicts(report: dict, harm: dict, data: dict, dpo_models: list[str], best_c
 def data_section(p: dict, finals: dict, sha: str | None) -> dict:
     """Mean ± std over seeds of SciFact test nDCG@10 per model and size ("all" from the finals' seeds in
     data_seeds), and each DPO-family model against the contrastive one at each size (paired over queries,
-    seed-averaged, Holm over the section)."""
+    seed-averaged, Holm over the section). A model a size has not recorded yet (the best DPO variant joins
+    after the finals) is a row with no seeds and no mean, and in no comparison."""
     from dpo_retrieval.experiment.report import collapse_seeds
     from dpo_retrieval.experiment.stats import compare_paired, holm, mean_std
 
@@ -184,6 +185,8 @@ def _plots(data: dict, drift: dict) -> list[str]:
         sizes = list(dict.fromkeys(r["size"] for r in data["rows"]))  # 64, 128, ..., "all": one slot each
         for m in dict.fromkeys(r["model"] for r in data["rows"]):
             pts = [r for r in data["rows"] if r["model"] == m and r["mean"] is not None]
+            if not pts:  # not recorded at any size yet
+                continue
             ax.errorbar([sizes.index(r["size"]) for r in pts], [r["mean"] for r in pts],
                         yerr=[r["std"] or 0 for r in pts], marker="o", capsize=3, label=m)
         ax.set_xticks(range(len(sizes)), [str(x) for x in sizes])
@@ -269,7 +272,7 @@ def render(out: dict) -> str:
                   f"{c['p_holm']:.3g} |" for c in fin["comparisons"].get(ds, [])]
     lines += ["", "## Data efficiency (SciFact test nDCG@10)", "", "| triplets | model | mean ± std | seeds |",
               "|---|---|---:|---|"]
-    lines += [f"| {r['size']} | {r['model']} | {_f(r['mean'])} ± {_f(r['std'])} | {r['seeds']} |"
+    lines += [f"| {r['size']} | {r['model']} | {_f(r['mean'])} ± {_f(r['std'])} | {r['seeds'] or 'not recorded'} |"
               for r in out["data_efficiency"]["rows"]]
     v = out.get("verdicts")
     if v:

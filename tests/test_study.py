@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -340,6 +341,142 @@ def test_a_new_sweep_starts_from_the_recorded_fast_pool(study):
     (configs / "tune_dpo.yaml").write_text("dataset: scifact\n")
     with pytest.raises(SystemExit, match="no sweep nope .* known: dpo"):
         mod.tune(["dpo", "nope"])
+
+
+def _fake_compare(monkeypatch, mod, tmp_path, calls: list) -> None:
+    """``S._cli`` as a compare that writes, for the seed and --losses it is given, what export_run reads (each
+    loss's model, its WiSE-FT models from the config's or --variants' variants, the base); records
+    ``(size, seed, losses)`` per call (size: --max_triplets, None in the finals)."""
+    monkeypatch.setattr(mod, "RUN", tmp_path / "run")
+    monkeypatch.setattr(mod, "check_triplets", lambda *a, **k: "sha")
+    monkeypatch.setattr(mod, "_drift_pool", lambda: None)
+
+    def cli(*args):
+        a = list(args)
+        assert a[0] == "compare"
+        cfg = yaml.safe_load(Path(a[1]).read_text())
+        seed, out, losses = int(a[a.index("--seeds") + 1]), Path(a[a.index("--output") + 1]), a[a.index("--losses") + 1]
+        size = int(a[a.index("--max_triplets") + 1]) if "--max_triplets" in a else None
+        calls.append((size, seed, losses.split(",")))
+        variants = json.loads(a[a.index("--variants") + 1]) if "--variants" in a else cfg["variants"]
+        rng = np.random.default_rng(seed)
+        names = ["base"]
+        for loss in losses.split(","):
+            names += [f"{loss}-seed{seed}"] + [f"{loss}-seed{seed}-wiseft{x:g}"
+                                              for x in (variants.get(loss) or {}).get("wise_ft", [])]
+        for name in names:
+            for ds in ("scifact", "scifact-dev"):
+                path = out / "eval" / name / f"{ds}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(_eval_json([f"q{i}" for i in range(5)], rng, 0.0)))
+            (out / "models").mkdir(exist_ok=True)
+            (out / "models" / f"{name}.stage.json").write_text(json.dumps({"key": {"train": {"seed": seed}},
+                                                                           "train_seconds": 1.0}))
+
+    monkeypatch.setattr(mod, "_cli", cli)
+
+
+def test_run_unit_trains_only_the_missing_losses_of_each_seed(study, tmp_path, monkeypatch):
+    """A seed's compare call asks only for the losses with a missing export (the loss or one of its WiSE-FT
+    names, or one from another config); what is recorded is never exported over; nothing missing: no call."""
+    mod, _, kept, configs = study
+    calls = []
+    _fake_compare(monkeypatch, mod, tmp_path, calls)
+    config = configs / "final.yaml"
+    config.write_text(yaml.safe_dump({"losses": ["mnrl", "dpo"], "variants": {
+        "mnrl": {"loss": "contrastive", "wise_ft": [0.5]}, "dpo": {"beta": 0.5}}}))
+    final = kept / "final"
+    mod.run_unit(config, mod.RUN / "final", final, [1, 2], [], ["mnrl", "dpo"])
+    assert calls == [(None, 1, ["mnrl", "dpo"]), (None, 2, ["mnrl", "dpo"])]
+    assert sorted(p.relative_to(final).as_posix() for p in final.rglob("*.json")) == sorted(
+        ["base.json", *[f"{m}/seed{k}.json" for m in ("mnrl", "mnrl-wiseft0.5", "dpo") for k in (1, 2)]])
+
+    def mark(path):  # a recorded export, told apart from any later export of the same model and seed
+        path.write_text(json.dumps({**json.loads(path.read_text()), "marker": True}))
+
+    for path in final.glob("*/seed*.json"):
+        mark(path)
+    calls.clear()
+    (final / "dpo" / "seed2.json").unlink()
+    mod.run_unit(config, mod.RUN / "final", final, [1, 2], [], ["mnrl", "dpo"])
+    assert calls == [(None, 2, ["dpo"])]
+    assert "marker" not in json.loads((final / "dpo" / "seed2.json").read_text())
+    assert all(json.loads(p.read_text()).get("marker") for p in final.glob("*/seed*.json") if p.parts[-2:] !=
+               ("dpo", "seed2.json"))
+    calls.clear()  # a missing WiSE-FT model retrains its loss; the loss's recorded export stays as it was
+    (final / "mnrl-wiseft0.5" / "seed1.json").unlink()
+    mod.run_unit(config, mod.RUN / "final", final, [1, 2], [], ["mnrl", "dpo"])
+    assert calls == [(None, 1, ["mnrl"])]
+    assert json.loads((final / "mnrl" / "seed1.json").read_text())["marker"]
+    assert (final / "mnrl-wiseft0.5" / "seed1.json").exists()
+    calls.clear()  # an export made from another config does not count
+    other = final / "dpo" / "seed1.json"
+    other.write_text(json.dumps({**json.loads(other.read_text()), "config_sha": "older"}))
+    mod.run_unit(config, mod.RUN / "final", final, [1, 2], [], ["mnrl", "dpo"])
+    assert calls == [(None, 1, ["dpo"])]
+    assert json.loads(other.read_text())["config_sha"] == mod.config_sha(config)
+    calls.clear()
+    mod.run_unit(config, mod.RUN / "final", final, [1, 2], [], ["mnrl", "dpo"])
+    assert calls == []
+
+
+def test_data_runs_the_plans_models_first_and_adds_the_best_variant_after_the_finals(study, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """Before every final seed of the DPO variants is recorded, data runs the plan's data_models and says
+    the variant follows; once they are, the variant best on dev joins and only its (size, seed) runs train
+    (sizes smallest first, one compare call per size and seed, no WiSE-FT). The report reads a size that has
+    only some models: the missing ones are rows without seeds and in no comparison."""
+    mod, rep, kept, configs = study
+    calls = []
+    _fake_compare(monkeypatch, mod, tmp_path, calls)
+    (configs / "study.yaml").write_text(yaml.safe_dump({
+        "fast_depth": 20, "seeds": [1, 2, 3], "data_sizes": [128, 64], "data_seeds": [1, 2],
+        "data_models": ["mnrl", "dpo"], "contrastive_models": ["mnrl", "cmnrl"],
+        "dpo_models": ["dpo", "sdpo", "dpo-hinge"]}))
+    config = configs / "final.yaml"
+    config.write_text(yaml.safe_dump({"losses": ["mnrl", "dpo", "sdpo", "dpo-hinge"], "variants": {
+        "mnrl": {"loss": "contrastive", "wise_ft": [0.5]}, "dpo": {"beta": 0.5}, "sdpo": {"loss": "sdpo"},
+        "dpo-hinge": {"loss": "dpo", "loss_type": "hinge"}}}))
+    sha = mod.config_sha(config)
+
+    def final_seeds(model, seeds, dev):
+        for seed in seeds:
+            _export(kept / "final", model, seed, {"scifact": 0.0, "scifact-dev": dev})
+            path = kept / "final" / model / f"seed{seed}.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "config_sha": sha}))
+
+    final_seeds("sdpo", [1, 2, 3], 0.05)
+    final_seeds("dpo-hinge", [1, 2], 0.0)  # one variant still lacks a final seed
+    mod.data()
+    assert calls == [(64, 1, ["mnrl", "dpo"]), (64, 2, ["mnrl", "dpo"]), (128, 1, ["mnrl", "dpo"]),
+                     (128, 2, ["mnrl", "dpo"])]
+    out = capsys.readouterr().out
+    assert out.count("the best DPO variant's data runs follow once the finals are recorded") == 1
+    assert sorted(p.relative_to(kept / "data" / "n64").as_posix() for p in (kept / "data" / "n64").rglob("*.json")) \
+        == ["base.json", "dpo/seed1.json", "dpo/seed2.json", "mnrl/seed1.json", "mnrl/seed2.json"]  # no WiSE-FT
+    calls.clear()
+    final_seeds("dpo-hinge", [3], 0.0)
+    mod.data()
+    assert calls == [(64, 1, ["sdpo"]), (64, 2, ["sdpo"]), (128, 1, ["sdpo"]), (128, 2, ["sdpo"])]
+    assert "follow once" not in capsys.readouterr().out
+    calls.clear()
+    mod.data()
+    assert calls == []
+    # the report while n128 lacks the variant (and one seed of dpo)
+    shutil.rmtree(kept / "data" / "n128" / "sdpo")
+    (kept / "data" / "n128" / "dpo" / "seed2.json").unlink()
+    p = yaml.safe_load((configs / "study.yaml").read_text())
+    data = rep.data_section(p, rep.load_group(kept / "final", sha), sha)
+    rows = {(r["size"], r["model"]): r for r in data["rows"]}
+    assert rows[(64, "sdpo")]["seeds"] == [1, 2] and rows[(128, "dpo")]["seeds"] == [1]
+    assert rows[(128, "sdpo")]["seeds"] == [] and rows[(128, "sdpo")]["mean"] is None
+    assert {(c["label"], c["model"]) for c in data["comparisons"]} == {("64", "dpo"), ("64", "sdpo"), ("128", "dpo")}
+    md = rep.render({"tuning": {}, "final": {"rows": {}, "comparisons": {}}, "data_efficiency": data, "verdicts": None})
+    assert "| 128 | sdpo | — ± — | not recorded |" in md
+    # "all" (the finals at data_seeds) has sdpo and nothing of mnrl or dpo: plotted without them
+    assert rows[("all", "sdpo")]["seeds"] == [1, 2] and rows[("all", "mnrl")]["mean"] is None
+    rep._plots(data, {"beta_curve": []})
+    assert (kept / "data_efficiency.png").exists()
 
 
 def test_finals_and_data_units_end_to_end(study, tmp_path, tiny_model_path, monkeypatch):
