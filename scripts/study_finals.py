@@ -115,7 +115,8 @@ def missing_losses(config: Path, kept: Path, seed: int, extra: list[str], losses
 def run_unit(config: Path, out: Path, kept: Path, seeds: list[int], extra: list[str], losses: list[str]) -> None:
     """Each seed of ``losses`` from ``config`` (a compare config) in run directory ``out``, one compare call
     per seed with only the losses that seed lacks (:func:`missing_losses`), each exported to ``kept`` before
-    the next starts; a model already recorded is never exported over."""
+    the next starts: every report name of a retrained loss (a WiSE-FT model and its loss come from one training),
+    no other model's recorded export."""
     sha = S.config_sha(config)
     todo = {seed: missing for seed in sorted(seeds) if (missing := missing_losses(config, kept, seed, extra, losses))}
     if not todo:
@@ -124,7 +125,7 @@ def run_unit(config: Path, out: Path, kept: Path, seeds: list[int], extra: list[
     if out != S.RUN / "final":
         seed_run_dir(S.RUN / "final", out)
     for seed, missing in todo.items():  # one seed per compare call: each finished seed is kept before the next starts
-        new = [m for m in final_models(config, missing, extra) if seed not in recorded_seeds(kept, [m], sha)]
+        new = final_models(config, missing, extra)  # a retrained loss's every name: a WiSE-FT pair from one training
         print(f"{kept}: seed {seed}: training {', '.join(missing)} (for {', '.join(new)})")
         if (out / "mine" / "triplets.jsonl").exists():
             S.check_triplets(out / "mine" / "triplets.jsonl", what=str(out))

@@ -403,11 +403,12 @@ def test_run_unit_trains_only_the_missing_losses_of_each_seed(study, tmp_path, m
     assert "marker" not in json.loads((final / "dpo" / "seed2.json").read_text())
     assert all(json.loads(p.read_text()).get("marker") for p in final.glob("*/seed*.json") if p.parts[-2:] !=
                ("dpo", "seed2.json"))
-    calls.clear()  # a missing WiSE-FT model retrains its loss; the loss's recorded export stays as it was
+    calls.clear()  # a missing WiSE-FT model retrains its loss, exported with it (the pair from one training)
     (final / "mnrl-wiseft0.5" / "seed1.json").unlink()
     mod.run_unit(config, mod.RUN / "final", final, [1, 2], [], ["mnrl", "dpo"])
     assert calls == [(None, 1, ["mnrl"])]
-    assert json.loads((final / "mnrl" / "seed1.json").read_text())["marker"]
+    assert "marker" not in json.loads((final / "mnrl" / "seed1.json").read_text())
+    assert json.loads((final / "dpo" / "seed1.json").read_text())["marker"]
     assert (final / "mnrl-wiseft0.5" / "seed1.json").exists()
     calls.clear()  # an export made from another config does not count
     other = final / "dpo" / "seed1.json"
