@@ -113,10 +113,10 @@ def missing_losses(config: Path, kept: Path, seed: int, extra: list[str], losses
 
 
 def run_unit(config: Path, out: Path, kept: Path, seeds: list[int], extra: list[str], losses: list[str]) -> None:
-    """Each seed of ``losses`` from ``config`` (a compare config) in run directory ``out``, one compare call
-    per seed with only the losses that seed lacks (:func:`missing_losses`), each exported to ``kept`` before
-    the next starts: every report name of a retrained loss (a WiSE-FT model and its loss come from one training),
-    no other model's recorded export."""
+    """Each seed of ``losses`` from ``config`` (a compare config) in run directory ``out``: one compare call per
+    (seed, loss) whose export is missing (:func:`missing_losses`), each exported to ``kept`` as soon as it
+    finishes, so a session that stops mid-seed keeps every model it finished: every report name of a retrained
+    loss (a WiSE-FT model and its loss come from one training), no other model's recorded export."""
     sha = S.config_sha(config)
     todo = {seed: missing for seed in sorted(seeds) if (missing := missing_losses(config, kept, seed, extra, losses))}
     if not todo:
@@ -124,16 +124,16 @@ def run_unit(config: Path, out: Path, kept: Path, seeds: list[int], extra: list[
         return
     if out != S.RUN / "final":
         seed_run_dir(S.RUN / "final", out)
-    for seed, missing in todo.items():  # one seed per compare call: each finished seed is kept before the next starts
-        new = final_models(config, missing, extra)  # a retrained loss's every name: a WiSE-FT pair from one training
-        print(f"{kept}: seed {seed}: training {', '.join(missing)} (for {', '.join(new)})")
-        if (out / "mine" / "triplets.jsonl").exists():
+    for seed, missing in todo.items():
+        for loss in missing:  # one loss per compare call: each finished model is kept before the next starts
+            new = final_models(config, [loss], extra)  # a retrained loss's every name: a WiSE-FT pair, one training
+            print(f"{kept}: seed {seed}: training {loss} (for {', '.join(new)})", flush=True)
+            if (out / "mine" / "triplets.jsonl").exists():
+                S.check_triplets(out / "mine" / "triplets.jsonl", what=str(out))
+            S._cli("compare", str(config), "--seeds", str(seed), "--output", str(out), "--losses", loss,
+                   "--no_show_progress_bar", *extra)
             S.check_triplets(out / "mine" / "triplets.jsonl", what=str(out))
-        S._cli("compare", str(config), "--seeds", str(seed), "--output", str(out), "--losses", ",".join(missing),
-               "--no_show_progress_bar", *extra)
-        S.check_triplets(out / "mine" / "triplets.jsonl", what=str(out))
-        pool = S._drift_pool()
-        export_run(out, kept, config_sha=sha, seeds=[seed], models=new, drift_pool=pool)
+            export_run(out, kept, config_sha=sha, seeds=[seed], models=new, drift_pool=S._drift_pool())
 
 
 def finals() -> None:
@@ -171,7 +171,7 @@ def data_models(p: dict) -> list[str]:
 
 def data() -> None:
     """Each (size, seed) of the data-efficiency models, smallest size first, one compare call per (size, seed)
-    with only the models it lacks."""
+    and model it lacks."""
     import yaml
 
     p = S.plan()

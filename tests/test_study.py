@@ -378,7 +378,7 @@ def _fake_compare(monkeypatch, mod, tmp_path, calls: list) -> None:
 
 
 def test_run_unit_trains_only_the_missing_losses_of_each_seed(study, tmp_path, monkeypatch):
-    """A seed's compare call asks only for the losses with a missing export (the loss or one of its WiSE-FT
+    """One compare call per seed and loss with a missing export (the loss or one of its WiSE-FT
     names, or one from another config); what is recorded is never exported over; nothing missing: no call."""
     mod, _, kept, configs = study
     calls = []
@@ -388,7 +388,7 @@ def test_run_unit_trains_only_the_missing_losses_of_each_seed(study, tmp_path, m
         "mnrl": {"loss": "contrastive", "wise_ft": [0.5]}, "dpo": {"beta": 0.5}}}))
     final = kept / "final"
     mod.run_unit(config, mod.RUN / "final", final, [1, 2], [], ["mnrl", "dpo"])
-    assert calls == [(None, 1, ["mnrl", "dpo"]), (None, 2, ["mnrl", "dpo"])]
+    assert calls == [(None, 1, ["mnrl"]), (None, 1, ["dpo"]), (None, 2, ["mnrl"]), (None, 2, ["dpo"])]
     assert sorted(p.relative_to(final).as_posix() for p in final.rglob("*.json")) == sorted(
         ["base.json", *[f"{m}/seed{k}.json" for m in ("mnrl", "mnrl-wiseft0.5", "dpo") for k in (1, 2)]])
 
@@ -426,7 +426,7 @@ def test_data_runs_the_plans_models_first_and_adds_the_best_variant_after_the_fi
                                                                                       monkeypatch, capsys):
     """Before every final seed of the DPO variants is recorded, data runs the plan's data_models and says
     the variant follows; once they are, the variant best on dev joins and only its (size, seed) runs train
-    (sizes smallest first, one compare call per size and seed, no WiSE-FT). The report reads a size that has
+    (sizes smallest first, one compare call per size, seed and model, no WiSE-FT). The report reads a size that has
     only some models: the missing ones are rows without seeds and in no comparison."""
     mod, rep, kept, configs = study
     calls = []
@@ -450,8 +450,7 @@ def test_data_runs_the_plans_models_first_and_adds_the_best_variant_after_the_fi
     final_seeds("sdpo", [1, 2, 3], 0.05)
     final_seeds("dpo-hinge", [1, 2], 0.0)  # one variant still lacks a final seed
     mod.data()
-    assert calls == [(64, 1, ["mnrl", "dpo"]), (64, 2, ["mnrl", "dpo"]), (128, 1, ["mnrl", "dpo"]),
-                     (128, 2, ["mnrl", "dpo"])]
+    assert calls == [(n, k, [m]) for n in (64, 128) for k in (1, 2) for m in ("mnrl", "dpo")]
     out = capsys.readouterr().out
     assert out.count("the best DPO variant's data runs follow once the finals are recorded") == 1
     assert sorted(p.relative_to(kept / "data" / "n64").as_posix() for p in (kept / "data" / "n64").rglob("*.json")) \
@@ -482,7 +481,7 @@ def test_data_runs_the_plans_models_first_and_adds_the_best_variant_after_the_fi
 
 
 def test_finals_and_data_units_end_to_end(study, tmp_path, tiny_model_path, monkeypatch):
-    """run_unit on a tiny BEIR set and model: one compare call per missing seed, each exported (base, each
+    """run_unit on a tiny BEIR set and model: one compare call per missing seed and loss, each exported (base, each
     variant, the WiSE-FT model) under the config's identity; a second call runs nothing; a data-size unit
     with the variants' WiSE-FT dropped exports only what it trained."""
     from test_compare import write_tiny_beir
