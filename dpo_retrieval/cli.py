@@ -107,7 +107,7 @@ def _spec(name: str):
         from dpo_retrieval.training.merge import MergeArgs
 
         return (MergeArgs,), [], _merge_paths
-    from dpo_retrieval.experiment.compare import CompareArgs
+    from dpo_retrieval.experiment.compare_args import CompareArgs
 
     return (CompareArgs,), [], _rank_window_flag
 

@@ -30,7 +30,7 @@ from dpo_retrieval.errors import UserInputError
 from dpo_retrieval.training.args import LOSSES, DPOArgs
 
 if TYPE_CHECKING:
-    from dpo_retrieval.experiment.compare import CompareArgs
+    from dpo_retrieval.experiment.compare_args import CompareArgs
 
 #: the run options a variant may change (besides ``loss`` and the DPOArgs fields)
 VARIANT_OPTIONS = ("train_max_seq_length", "train_negatives", "num_train_epochs", "per_device_train_batch_size",
