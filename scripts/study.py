@@ -202,6 +202,11 @@ def resolved_grid(name: str) -> Path:
     if others:
         spec["fixed"] = {**best_point([others] if isinstance(others, str) else others)["options"],
                          **(spec.get("fixed") or {})}
+    confirm = spec.pop("confirm", None)
+    if confirm:
+        spec["points"] = confirm_points(confirm, spec.get("fixed") or {}) + list(spec.get("points") or [])
+        if not spec["points"]:
+            raise SystemExit(f"tune {name}: nothing to confirm (no screened setting beat its screening base)")
     k = spec.pop("mine_negatives", None)
     if k is not None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 2:
@@ -214,6 +219,36 @@ def resolved_grid(name: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(spec, sort_keys=False))
     return out
+
+
+#: what a confirmation point takes from its base (the full budget), not from the screened row
+_BUDGET = ("num_train_epochs", "negatives")
+
+
+def confirm_points(confirm: dict, fixed: dict) -> list[dict]:
+    """``confirm: {final model: screening sweep}`` (amendment 2 of study_scifact.md): for each final model, the
+    best row of its screening sweep (:data:`FINALS`' filter for the model), as a point on ``fixed`` (the best of
+    DPO's grid, epoch and negatives sweeps): the screened options that differ from ``fixed``, the budget
+    (:data:`_BUDGET`) from ``fixed``. The model ``dpo``'s screen varies DPO's own options around its screening
+    base (the sweep's ``base_on``): its best is confirmed only if it beat that base."""
+    import yaml
+
+    points = []
+    for model, sweep in confirm.items():
+        if model not in DPO_FAMILY:
+            raise SystemExit(f"confirm: {model!r} is not a DPO-family final model ({', '.join(DPO_FAMILY)})")
+        best = best_point([sweep], FINALS[model][1])
+        if model == "dpo":
+            screen = yaml.safe_load((CONFIGS / f"tune_{sweep}.yaml").read_text()).get("base_on")
+            base = best_point([screen] if isinstance(screen, str) else screen, FINALS[model][1])
+            if best["fast_dev"]["ndcg@10"] <= base["fast_dev"]["ndcg@10"]:
+                print(f"confirm: {sweep}'s best ({best['fast_dev']['ndcg@10']:.4f}) does not beat its screening base "
+                      f"({base['fast_dev']['ndcg@10']:.4f}): nothing of dpo to confirm")
+                continue
+        point = {k: v for k, v in best["options"].items() if k not in _BUDGET and fixed.get(k) != v}
+        if point not in points:
+            points.append(point)
+    return points
 
 
 def tune(names: list[str]) -> None:
@@ -246,11 +281,14 @@ def share_pool(results: Path) -> None:
 FINALS = {
     "mnrl": (["contrastive", "contrastive_epochs", "contrastive_negatives"], lambda o: o["loss"] == "contrastive"),
     "cmnrl": (["cmnrl", "cmnrl_epochs", "cmnrl_negatives"], lambda o: o["loss"] == "cmnrl"),
-    "dpo": (["dpo", "dpo_epochs", "dpo_knobs", "dpo_negatives"], lambda o: o["loss"] == "dpo"),
-    "dpo-mnrl": (["variants"], lambda o: o["loss"] == "dpo+mnrl"),
-    "sdpo": (["variants"], lambda o: o["loss"] == "sdpo"),
-    "dpo-hinge": (["variants"], lambda o: o["loss"] == "dpo" and o.get("loss_type") == "hinge"),
+    "dpo": (["dpo", "dpo_epochs", "dpo_knobs", "dpo_negatives", "dpo_confirm"],
+            lambda o: o["loss"] == "dpo" and o.get("loss_type") != "hinge"),
+    "dpo-mnrl": (["variants", "dpo_confirm"], lambda o: o["loss"] == "dpo+mnrl"),
+    "sdpo": (["variants", "dpo_confirm"], lambda o: o["loss"] == "sdpo"),
+    "dpo-hinge": (["variants", "dpo_confirm"], lambda o: o["loss"] == "dpo" and o.get("loss_type") == "hinge"),
 }
+#: the final models tune_dpo_confirm may confirm (amendment 2)
+DPO_FAMILY = ("dpo", "dpo-mnrl", "sdpo", "dpo-hinge")
 #: the run-level settings every final shares (compare's names); a variant holds what its tuning changed
 FINAL_RUN = {"dataset": "scifact", "preset": "full", "train_max_seq_length": 128, "per_device_train_batch_size": 32,
              "num_train_epochs": 1.0, "warmup_steps": 0.1, "seed": 42, "precision": "fp32",

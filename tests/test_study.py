@@ -203,6 +203,11 @@ def test_freeze_writes_the_finals_config_from_the_best_dev_points(study, tmp_pat
                        ({"loss": "sdpo", "learning_rate": 5e-5, "beta": 0.3, "sdpo_gamma": 0.5}, 0.66),
                        ({"loss": "dpo", "learning_rate": 5e-5, "beta": 0.3, "loss_type": "hinge",
                          "hinge_margin": 2.0}, 0.65)])
+    # the confirmation at the full budget (amendment 2): dpo+mnrl's beats its screening, the hinge's does not
+    sweep("dpo_confirm", [({"loss": "dpo+mnrl", "learning_rate": 5e-5, "beta": 0.3, "mnrl_weight": 0.5,
+                            "num_train_epochs": 2}, 0.69),
+                           ({"loss": "dpo", "learning_rate": 5e-5, "beta": 0.3, "loss_type": "hinge",
+                             "hinge_margin": 2.0, "num_train_epochs": 2}, 0.64)])
     for family, options, score in (("contrastive", {"loss": "contrastive", "learning_rate": 1e-4, "mnrl_scale": 20,
                                                     "num_train_epochs": 3}, 0.685),
                                    ("cmnrl", {"loss": "cmnrl", "learning_rate": 4e-4, "mnrl_scale": 10,
@@ -217,7 +222,10 @@ def test_freeze_writes_the_finals_config_from_the_best_dev_points(study, tmp_pat
     assert v["mnrl"] == {"loss": "contrastive", "num_train_epochs": 3, "learning_rate": 1e-4, "mnrl_scale": 20,
                          "wise_ft": [0.5]}
     assert v["cmnrl"]["per_device_train_batch_size"] == 128 and v["dpo"]["dropout"] == "off"
-    assert v["dpo-hinge"]["loss_type"] == "hinge" and v["dpo-mnrl"]["mnrl_weight"] == 0.5
+    assert v["dpo-hinge"] == {"loss": "dpo", "learning_rate": 5e-5, "beta": 0.3, "loss_type": "hinge",
+                              "hinge_margin": 2.0}  # its screening point: a hinge row is never dpo's
+    assert v["dpo-mnrl"] == {"loss": "dpo+mnrl", "num_train_epochs": 2, "learning_rate": 5e-5, "beta": 0.3,
+                             "mnrl_weight": 0.5}  # its confirmation point
     assert cfg["losses"] == ["mnrl", "cmnrl", "dpo", "dpo-mnrl", "sdpo", "dpo-hinge"]
     from dpo_retrieval.cli import parse_command
     from dpo_retrieval.experiment.compare import check_options
@@ -245,6 +253,45 @@ def test_freeze_writes_the_finals_config_from_the_best_dev_points(study, tmp_pat
     (kept / "tune_variants.json").unlink()
     with pytest.raises(SystemExit, match="freeze: dpo-mnrl: needs the sweep variants run to its end"):
         mod.freeze(force=True)
+
+
+def test_confirm_trains_each_screened_best_at_the_full_budget(study, tmp_path, monkeypatch, capsys):
+    """Amendment 2: tune_dpo_confirm's points are the best screened row of each DPO-family final model (dpo's
+    knob only if it beat its screening base), on the best of DPO's grid, epoch and negatives sweeps: the screened
+    options that differ from it, the epochs and negatives from it."""
+    mod, _, kept, configs = study
+    monkeypatch.setattr(mod, "RUN", tmp_path / "run")
+    kept.mkdir(parents=True)
+    base = {"loss": "dpo", "learning_rate": 1e-4, "beta": 10.0, "num_train_epochs": 1, "seed": 42}
+
+    def sweep(name, rows):
+        (kept / f"tune_{name}.json").write_text(json.dumps({"best": {"n": 0}, "points": [
+            {"options": {**base, **o}, "fast_dev": {"ndcg@10": s}} for o, s in rows]}))
+
+    sweep("dpo", [({}, 0.70), ({"beta": 3.0}, 0.69)])
+    sweep("dpo_epochs", [({"num_train_epochs": 3}, 0.71)])
+    sweep("dpo_negatives", [({"num_train_epochs": 3, "negatives": 2}, 0.72)])
+    sweep("dpo_knobs", [({"dropout": "off"}, 0.705), ({"scale": 40.0}, 0.69)])
+    sweep("variants", [({"loss": "dpo+mnrl", "mnrl_weight": 0.25}, 0.72), ({"loss": "dpo+mnrl", "mnrl_weight": 0.5}, 0.73),
+                       ({"loss": "sdpo", "sdpo_gamma": 0.5}, 0.68),
+                       ({"loss_type": "hinge", "hinge_margin": 1.0}, 0.69)])
+    (configs / "tune_dpo_knobs.yaml").write_text("dataset: scifact\nbase_on: [dpo]\n")
+    (configs / "tune_dpo_confirm.yaml").write_text(yaml.safe_dump({
+        "dataset": "scifact", "base_on": ["dpo", "dpo_epochs", "dpo_negatives"],
+        "confirm": {"dpo": "dpo_knobs", "dpo-mnrl": "variants", "sdpo": "variants", "dpo-hinge": "variants"}},
+        sort_keys=False))
+    spec = yaml.safe_load(mod.resolved_grid("dpo_confirm").read_text())
+    assert spec["fixed"] == {**base, "num_train_epochs": 3, "negatives": 2}
+    assert spec["points"] == [{"dropout": "off"}, {"loss": "dpo+mnrl", "mnrl_weight": 0.5},
+                              {"loss": "sdpo", "sdpo_gamma": 0.5}, {"loss_type": "hinge", "hinge_margin": 1.0}]
+    sweep("dpo_knobs", [({"dropout": "off"}, 0.70)])  # no knob beats the screening base: dpo is not confirmed
+    spec = yaml.safe_load(mod.resolved_grid("dpo_confirm").read_text())
+    assert spec["points"][0] == {"loss": "dpo+mnrl", "mnrl_weight": 0.5} and len(spec["points"]) == 3
+    assert "nothing of dpo to confirm" in capsys.readouterr().out
+    (configs / "tune_dpo_confirm.yaml").write_text(yaml.safe_dump({"dataset": "scifact", "base_on": ["dpo"],
+                                                                    "confirm": {"mnrl": "contrastive"}}))
+    with pytest.raises(SystemExit, match="confirm: 'mnrl' is not a DPO-family final model"):
+        mod.resolved_grid("dpo_confirm")
 
 
 def test_negatives_sweeps_train_on_a_checked_second_mining(study, tmp_path, monkeypatch):
