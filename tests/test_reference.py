@@ -33,6 +33,36 @@ def test_precompute_encodes_each_distinct_text_once_and_scores_rows(tiny_model):
         np.testing.assert_allclose(labels[:, j], (q * d).sum(-1), atol=1e-5)
 
 
+def test_reference_cache_reuses_embeddings_of_the_same_model_and_texts_only(tiny_model, tmp_path):
+    """With cache_dir a second precompute from the same weights on the same texts reads the embeddings (no text
+    encoded, the same labels, scores and embeddings alike); other weights or other texts encode again."""
+    from dpo_retrieval.training.reference import add_reference_embeddings
+
+    ds, cache = Dataset.from_dict(ROWS), tmp_path / "ref"
+    first, s1 = add_reference_scores(ds, tiny_model, precision="fp32", show_progress_bar=False, cache_dir=cache)
+    assert s1["texts_encoded"] == 3 + 6 and s1["texts_cached"] == 0 and len(list(cache.glob("*.npy"))) == 2
+    again, s2 = add_reference_scores(ds, tiny_model, precision="fp32", show_progress_bar=False, cache_dir=cache)
+    assert (s2["texts_encoded"], s2["texts_cached"]) == (0, 9)
+    assert again["label"] == first["label"]
+    emb, s3 = add_reference_embeddings(ds, tiny_model, precision="fp32", show_progress_bar=False, cache_dir=cache)
+    plain, _ = add_reference_embeddings(ds, tiny_model, precision="fp32", show_progress_bar=False)
+    assert s3["texts_encoded"] == 0 and np.allclose(np.array(emb["label"]), np.array(plain["label"]))
+    other = copy.deepcopy(tiny_model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    moved, s4 = add_reference_scores(ds, other, precision="fp32", show_progress_bar=False, cache_dir=cache)
+    assert s4["texts_encoded"] == 9 and not np.allclose(np.array(moved["label"]), np.array(first["label"]), atol=1e-3)
+    fewer = Dataset.from_dict({k: v[:2] for k, v in ROWS.items()})
+    _, s5 = add_reference_scores(fewer, tiny_model, precision="fp32", show_progress_bar=False, cache_dir=cache)
+    assert s5["texts_encoded"] == 1 + 4  # other texts: encoded again
+    for path in cache.glob("query-*.npy"):  # a damaged file is ignored and written again
+        path.write_bytes(b"not an array")
+    _, s6 = add_reference_scores(ds, tiny_model, precision="fp32", show_progress_bar=False, cache_dir=cache)
+    assert (s6["texts_encoded"], s6["texts_cached"]) == (3, 6)
+
+
 def test_precomputed_and_online_reference_give_the_same_loss(tiny_model):
     reference = tiny_model
     policy = copy.deepcopy(tiny_model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -58,6 +59,11 @@ def test_sweep_scores_dev_only_and_resumes(tmp_path, tiny_model_path, mined):
     assert {r["options"]["beta"] for r in summary["points"]} == {0.5, 2.0, 8.0}
     assert summary["agreement_ndcg@10"]["points"] == 3
     assert summary["best"] in [r["options"] for r in summary["points"]]
+    # the points share the frozen reference's embeddings: the first encodes, the others read them
+    refs = [json.loads(p.read_text())["reference_precompute"]
+            for p in sorted((tmp_path / "sweep" / "points").glob("*/model/train_summary.json"), key=os.path.getmtime)]
+    assert refs[0]["texts_encoded"] > 0 and refs[0]["texts_cached"] == 0
+    assert all(r["texts_encoded"] == 0 and r["texts_cached"] == refs[0]["texts_encoded"] for r in refs[1:])
 
     markers = sorted((tmp_path / "sweep" / "points").glob("*/train.stage.json"))
     mtimes = [m.stat().st_mtime_ns for m in markers]

@@ -8,6 +8,7 @@ training run that was interrupted resumes from its last checkpoint.
                                with a test or dev query's text are dropped, and listed there)
     RUN/train_triplets.jsonl   the triplets every loss trains on (the preset's subsample)
     RUN/models/<loss>/         trained models (sentence-transformers format) + train_log.jsonl
+    RUN/reference_cache/       the frozen reference's embeddings of the training texts (DPO-family losses)
     RUN/embeddings/<model>/    corpus embeddings per model and dataset (reused while their key matches)
     RUN/file_hashes.json       sha256 of the base model's files per (path, size, mtime)
     RUN/eval/<model>/          metrics per dataset and split (JSON, with per-query scores)
@@ -194,7 +195,7 @@ def run_compare(cfg: CompareArgs) -> dict:
                 if out.exists() and not resume:
                     shutil.rmtree(out)
                 stage.start()
-                train(dataclasses.replace(inputs, resume=resume), targs, dpo)
+                train(dataclasses.replace(inputs, resume=resume), targs, dpo, reference_cache=run / "reference_cache")
                 summary = json.loads((out / "train_summary.json").read_text())
                 stage.finish(train_seconds=summary["train_seconds"], steps=summary["steps"])
             train_times[name] = stage.info().get("train_seconds")

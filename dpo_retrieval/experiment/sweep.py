@@ -163,8 +163,10 @@ def train_key(options: dict, triplets_digest: str, base_key: str) -> tuple[dict,
     return key, fingerprint(key)
 
 
-def _train_point(options: dict, triplets: Path, out: Path, args: SweepArgs, key: dict):
-    """Train one point (or find it trained) under its stage ``key``; returns ``(model dir, seconds)``."""
+def _train_point(options: dict, triplets: Path, out: Path, args: SweepArgs, key: dict,
+                 reference_cache: Path | None = None):
+    """Train one point (or find it trained) under its stage ``key``; returns ``(model dir, seconds)``. The
+    points share ``reference_cache`` (the frozen reference's embeddings of the training texts)."""
     from dpo_retrieval.training import train
     from dpo_retrieval.training.args import DPOArgs, TrainArgs, training_arguments
 
@@ -180,7 +182,7 @@ def _train_point(options: dict, triplets: Path, out: Path, args: SweepArgs, key:
 
             shutil.rmtree(out / "model")
         stage.start()
-        train(dataclasses.replace(inputs, resume=resume), targs, dpo_args)
+        train(dataclasses.replace(inputs, resume=resume), targs, dpo_args, reference_cache=reference_cache)
         summary = json.loads((out / "model" / "train_summary.json").read_text())
         stage.finish(train_seconds=summary["train_seconds"], steps=summary["steps"])
     return out / "model", stage.info().get("train_seconds")
@@ -299,7 +301,7 @@ def run_sweep(args: SweepArgs) -> dict:
             # the model's stage also holds the precision it trains at (the row's train_hash does not: a row
             # records its precision beside it)
             model_dir, train_s = _train_point(options, triplets, out / "points" / pid, args,
-                                              {**stage_key, "precision": args.precision})
+                                              {**stage_key, "precision": args.precision}, out / "reference_cache")
             row.update({"id": pid, "options": options, "train_hash": train_hash, "train_seconds": train_s,
                         "fast_depth": args.fast_depth, **current})
             model = load_model(str(model_dir), device=args.device, max_seq_length=args.eval_max_seq_length)

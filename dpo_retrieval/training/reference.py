@@ -14,13 +14,22 @@ drawn during training: :func:`add_reference_embeddings` stores each row's refere
 instead (the ``label`` column holds a (2+k, d) array per row: query, positive, negative_1..k; each
 distinct text still encoded once), and the loss scores them in-batch; the online reference embeds
 each batch (:meth:`OnlineReference.embed`).
+
+With ``cache_dir`` (compare and sweep pass one in their run directory) the distinct texts' embeddings are kept
+there, keyed by the reference's weights (a digest of its state), the precision, its max length and prompts, the
+task and the texts: a later training from the same start on the same triplets (another β, learning rate or
+seed) reads them instead of encoding again. Single process only (under torch.distributed each rank encodes its
+share, as without a cache).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,30 +48,32 @@ def text_columns(dataset) -> tuple[str, list[str]]:
 
 
 def add_reference_scores(dataset, reference_model, *, batch_size: int = 64, precision: str = "auto",
-                         show_progress_bar: bool = True):
+                         show_progress_bar: bool = True, cache_dir: str | Path | None = None):
     """Attach the reference's scores ``[s(q, pos), s(q, neg_1), ...]`` as the ``label`` column.
 
     Each distinct query is encoded once as a query and each distinct passage once as a document,
     in eval mode without gradients; scores are the model's similarity (cosine or dot, see
     :func:`~dpo_retrieval.losses.candidate_scores`), in float32. Returns ``(dataset_with_labels, stats)``
-    where ``stats`` counts rows, texts and the distinct texts actually encoded.
+    where ``stats`` counts rows, texts, the distinct texts actually encoded and those read from ``cache_dir``
+    (see the module's docstring).
     """
     from dpo_retrieval.losses import candidate_scores, model_similarity
 
     start = time.perf_counter()
     similarity = model_similarity(reference_model)
-    q_emb, q_ids, d_emb, d_ids = _encode_distinct(dataset, reference_model, batch_size, precision, show_progress_bar)
+    q_emb, q_ids, d_emb, d_ids, reused = _encode_distinct(dataset, reference_model, batch_size, precision,
+                                                          show_progress_bar, cache_dir)
     scores = candidate_scores(torch.from_numpy(q_emb[q_ids]), torch.from_numpy(d_emb[d_ids]), similarity).numpy()
     dataset = _set_label(dataset, scores.tolist())
-    stats = _stats(len(q_ids), d_ids.shape[1], len(q_emb) + len(d_emb), start)
+    stats = _stats(len(q_ids), d_ids.shape[1], len(q_emb) + len(d_emb) - reused, start, reused)
     stats["ranks"] = _split()[0]
-    logger.info("reference scores: %d rows, %d texts, %d distinct texts encoded in %.1fs",
-                stats["rows"], stats["texts"], stats["texts_encoded"], stats["seconds"])
+    logger.info("reference scores: %d rows, %d texts, %d distinct texts encoded (%d read from the cache) in %.1fs",
+                stats["rows"], stats["texts"], stats["texts_encoded"], reused, stats["seconds"])
     return dataset, stats
 
 
 def add_reference_embeddings(dataset, reference_model, *, batch_size: int = 64, precision: str = "auto",
-                             show_progress_bar: bool = True):
+                             show_progress_bar: bool = True, cache_dir: str | Path | None = None):
     """Attach the reference's float32 embeddings of each row's texts as the ``label`` column:
     a (2+k, d) array per row, ``[E(q), E(pos), E(neg_1), ..., E(neg_k)]`` (query encoded as a query,
     passages as documents, each distinct text once, eval mode). For losses that score the reference
@@ -71,21 +82,23 @@ def add_reference_embeddings(dataset, reference_model, *, batch_size: int = 64, 
     where that is too much.
     """
     start = time.perf_counter()
-    q_emb, q_ids, d_emb, d_ids = _encode_distinct(dataset, reference_model, batch_size, precision, show_progress_bar)
+    q_emb, q_ids, d_emb, d_ids, reused = _encode_distinct(dataset, reference_model, batch_size, precision,
+                                                          show_progress_bar, cache_dir)
     rows = np.concatenate([q_emb[q_ids][:, None, :], d_emb[d_ids]], axis=1).astype(np.float32)  # (rows, 2+k, d)
     from datasets import Array2D
 
     dataset = _set_label(dataset, rows.tolist(), Array2D(shape=rows.shape[1:], dtype="float32"))
-    stats = _stats(len(q_ids), d_ids.shape[1], len(q_emb) + len(d_emb), start)
+    stats = _stats(len(q_ids), d_ids.shape[1], len(q_emb) + len(d_emb) - reused, start, reused)
     stats["ranks"] = _split()[0]
-    logger.info("reference embeddings: %d rows, %d distinct texts encoded in %.1fs",
-                stats["rows"], stats["texts_encoded"], stats["seconds"])
+    logger.info("reference embeddings: %d rows, %d distinct texts encoded (%d read from the cache) in %.1fs",
+                stats["rows"], stats["texts_encoded"], reused, stats["seconds"])
     return dataset, stats
 
 
-def _encode_distinct(dataset, reference_model, batch_size, precision, show_progress_bar):
-    """Each distinct query (as a query) and passage (as a document) encoded once, without gradients:
-    ``(query_embs, query_index_per_row (rows,), passage_embs, passage_index_per_row (rows, 1+k))``."""
+def _encode_distinct(dataset, reference_model, batch_size, precision, show_progress_bar, cache_dir=None):
+    """Each distinct query (as a query) and passage (as a document) encoded once, without gradients, or read
+    from ``cache_dir``: ``(query_embs, query_index_per_row (rows,), passage_embs, passage_index_per_row
+    (rows, 1+k), texts read from the cache)``."""
     from dpo_retrieval.retrieval.encoding import encode_texts
 
     query_col, doc_cols = text_columns(dataset)
@@ -102,13 +115,23 @@ def _encode_distinct(dataset, reference_model, batch_size, precision, show_progr
     # Under torch.distributed each rank encodes every world-th distinct text; the pieces are gathered once.
     world, rank = _split()
     q_texts, d_texts = list(q_index)[rank::world], list(d_index)[rank::world]
+    cache = _ReferenceCache(cache_dir, reference_model, precision) if cache_dir is not None and world == 1 else None
     was_training = reference_model.training
     reference_model.eval()
+    reused = 0
     try:
         with torch.no_grad():
-            q_emb = _encode(encode_texts, reference_model, q_texts, batch_size, precision, "query", show_progress_bar)
-            d_emb = _encode(encode_texts, reference_model, d_texts, batch_size, precision, "document",
-                            show_progress_bar)
+            embs = []
+            for texts, task in ((q_texts, "query"), (d_texts, "document")):
+                emb = cache.load(texts, task) if cache else None
+                if emb is None:
+                    emb = _encode(encode_texts, reference_model, texts, batch_size, precision, task, show_progress_bar)
+                    if cache and emb is not None:
+                        cache.save(texts, task, emb)
+                else:
+                    reused += len(texts)
+                embs.append(emb)
+            q_emb, d_emb = embs
     finally:
         reference_model.train(was_training)
     if world > 1:
@@ -117,7 +140,59 @@ def _encode_distinct(dataset, reference_model, batch_size, precision, show_progr
         parts = gather_objects((q_emb, d_emb))
         q_emb = _interleave([p[0] for p in parts], len(q_index))
         d_emb = _interleave([p[1] for p in parts], len(d_index))
-    return q_emb, q_ids, d_emb, d_ids
+    return q_emb, q_ids, d_emb, d_ids, reused
+
+
+class _ReferenceCache:
+    """The reference's embeddings of a list of texts under ``cache_dir``: ``<task>-<key>.npy`` beside a
+    ``.json`` with its key (:func:`~dpo_retrieval.retrieval.cache.encoding_key` of the model's state digest,
+    the precision, the texts in order, the task, max length and prompts). A file that does not match is
+    ignored and written again; written atomically."""
+
+    def __init__(self, cache_dir, model, precision: str) -> None:
+        from dpo_retrieval.retrieval.cache import state_dict_digest
+
+        self.dir = Path(cache_dir)
+        self.model, self.precision = model, precision
+        self.model_id = "state:" + state_dict_digest(model)
+
+    def _key(self, texts: list[str], task: str) -> dict:
+        from dpo_retrieval.retrieval.cache import encoding_key, texts_digest
+
+        return encoding_key(self.model_id, self.precision, texts_digest(map(str, range(len(texts))), texts),
+                            task=task, max_seq_length=self.model.max_seq_length,
+                            prompts=dict(getattr(self.model, "prompts", None) or {}),
+                            default_prompt_name=getattr(self.model, "default_prompt_name", None))
+
+    def _path(self, key: dict, task: str) -> Path:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        return self.dir / f"{task}-{digest}.npy"
+
+    def load(self, texts: list[str], task: str) -> np.ndarray | None:
+        key = self._key(texts, task)
+        path = self._path(key, task)
+        side = path.with_suffix(".json")
+        try:
+            if not (path.is_file() and side.is_file()) or json.loads(side.read_text()) != key:
+                return None
+            emb = np.load(path)
+        except (OSError, ValueError) as err:
+            logger.warning("ignoring the reference cache %s: %s", path, err)
+            return None
+        if emb.ndim != 2 or emb.shape[0] != len(texts) or emb.dtype != np.float32:
+            return None
+        logger.info("reference embeddings of %d %s texts read from %s", len(texts), task, path)
+        return emb
+
+    def save(self, texts: list[str], task: str, emb: np.ndarray) -> None:
+        from dpo_retrieval._io import atomic_path, write_json
+
+        key = self._key(texts, task)
+        path = self._path(key, task)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, suffix=".npy") as tmp:
+            np.save(tmp, np.asarray(emb, dtype=np.float32))
+        write_json(key, path.with_suffix(".json"))
 
 
 def _split() -> tuple[int, int]:
@@ -153,8 +228,8 @@ def _set_label(dataset, values, feature=None):
     return dataset.add_column(LABEL_COLUMN, values, feature=feature)
 
 
-def _stats(rows: int, docs_per_row: int, encoded: int, start: float) -> dict:
-    return {"rows": rows, "texts": int(rows * (1 + docs_per_row)), "texts_encoded": encoded,
+def _stats(rows: int, docs_per_row: int, encoded: int, start: float, reused: int = 0) -> dict:
+    return {"rows": rows, "texts": int(rows * (1 + docs_per_row)), "texts_encoded": encoded, "texts_cached": reused,
             "seconds": round(time.perf_counter() - start, 3)}
 
 

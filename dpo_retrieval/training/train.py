@@ -83,8 +83,12 @@ def build_loss(loss: str, model, dpo: DPOArgs | None = None, reference=None, ref
     raise ValueError(f"Unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
 
 
-def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
+def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None, *, reference_cache: str | Path | None = None) -> Path:
     """Train one model and return its directory, ``args.output_dir``. Bad input fails before anything is written.
+
+    ``reference_cache``: a directory where the precomputed reference keeps the embeddings of the distinct texts
+    it encodes, to reuse in a later training from the same start on the same triplets
+    (:mod:`dpo_retrieval.training.reference`); compare and sweep pass one in their run directory.
 
     ``args``: sentence-transformers' ``SentenceTransformerTrainingArguments`` (see
     :func:`~dpo_retrieval.training.args.training_arguments`); checkpoints go to ``output_dir/checkpoints``;
@@ -140,10 +144,10 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None) -> Path:
             # sdpo scores the reference in-batch: it needs each row's embeddings, the others its own scores
             add_reference = add_reference_embeddings if cfg.loss == "sdpo" else add_reference_scores
             dataset, ref_stats = add_reference(dataset, ref_model or model, precision=precision,
-                                               show_progress_bar=not args.disable_tqdm)
+                                               show_progress_bar=not args.disable_tqdm, cache_dir=reference_cache)
             if eval_dataset is not None:
                 eval_dataset, _ = add_reference(eval_dataset, ref_model or model, precision=precision,
-                                                show_progress_bar=not args.disable_tqdm)
+                                                show_progress_bar=not args.disable_tqdm, cache_dir=reference_cache)
             del ref_model
         else:
             if ref_model is not None and ref_model.tokenizer.get_vocab() != model.tokenizer.get_vocab():
