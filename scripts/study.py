@@ -203,6 +203,9 @@ def resolved_grid(name: str) -> Path:
         spec["fixed"] = {**best_point([others] if isinstance(others, str) else others)["options"],
                          **(spec.get("fixed") or {})}
     confirm = spec.pop("confirm", None)
+    if confirm is not None and not (isinstance(confirm, dict) and all(isinstance(v, str) for v in confirm.values())):
+        raise SystemExit(f"{CONFIGS / f'tune_{name}.yaml'}: confirm: a mapping of final model to sweep name, "
+                         f"got {confirm!r}")
     if confirm:
         spec["points"] = confirm_points(confirm, spec.get("fixed") or {}) + list(spec.get("points") or [])
         if not spec["points"]:

@@ -292,6 +292,9 @@ def test_confirm_trains_each_screened_best_at_the_full_budget(study, tmp_path, m
                                                                     "confirm": {"mnrl": "contrastive"}}))
     with pytest.raises(SystemExit, match="confirm: 'mnrl' is not a DPO-family final model"):
         mod.resolved_grid("dpo_confirm")
+    (configs / "tune_dpo_confirm.yaml").write_text("dataset: scifact\nconfirm: [dpo_knobs]\n")
+    with pytest.raises(SystemExit, match="tune_dpo_confirm.yaml: confirm: a mapping of final model to sweep name"):
+        mod.resolved_grid("dpo_confirm")
 
 
 def test_negatives_sweeps_train_on_a_checked_second_mining(study, tmp_path, monkeypatch):
