@@ -243,6 +243,9 @@ def confirm_points(confirm: dict, fixed: dict) -> list[dict]:
         best = best_point([sweep], FINALS[model][1])
         if model == "dpo":
             screen = yaml.safe_load((CONFIGS / f"tune_{sweep}.yaml").read_text()).get("base_on")
+            if not screen:
+                raise SystemExit(f"confirm: dpo: {CONFIGS / f'tune_{sweep}.yaml'} has no base_on (the screening base "
+                                 "its best must beat)")
             base = best_point([screen] if isinstance(screen, str) else screen, FINALS[model][1])
             if best["fast_dev"]["ndcg@10"] <= base["fast_dev"]["ndcg@10"]:
                 print(f"confirm: {sweep}'s best ({best['fast_dev']['ndcg@10']:.4f}) does not beat its screening base "

@@ -57,10 +57,22 @@ def test_reference_cache_reuses_embeddings_of_the_same_model_and_texts_only(tiny
     fewer = Dataset.from_dict({k: v[:2] for k, v in ROWS.items()})
     _, s5 = add_reference_scores(fewer, tiny_model, precision="fp32", show_progress_bar=False, cache_dir=cache)
     assert s5["texts_encoded"] == 1 + 4  # other texts: encoded again
+    flipped = Dataset.from_dict({k: v[::-1] for k, v in ROWS.items()})  # the same texts in another order
+    back, s6 = add_reference_scores(flipped, tiny_model, precision="fp32", show_progress_bar=False, cache_dir=cache)
+    assert s6["texts_cached"] == 0
+    np.testing.assert_allclose(np.array(back["label"])[::-1], np.array(first["label"]), atol=1e-6)
+    tiny_model.max_seq_length, length = 8, tiny_model.max_seq_length  # another max length
+    try:
+        _, s7 = add_reference_scores(ds, tiny_model, precision="fp32", show_progress_bar=False, cache_dir=cache)
+    finally:
+        tiny_model.max_seq_length = length
+    assert s7["texts_cached"] == 0
+    _, s8 = add_reference_scores(ds, tiny_model, precision="bf16", show_progress_bar=False, cache_dir=cache)
+    assert s8["texts_cached"] == 0  # another precision
     for path in cache.glob("query-*.npy"):  # a damaged file is ignored and written again
         path.write_bytes(b"not an array")
-    _, s6 = add_reference_scores(ds, tiny_model, precision="fp32", show_progress_bar=False, cache_dir=cache)
-    assert (s6["texts_encoded"], s6["texts_cached"]) == (3, 6)
+    _, s9 = add_reference_scores(ds, tiny_model, precision="fp32", show_progress_bar=False, cache_dir=cache)
+    assert (s9["texts_encoded"], s9["texts_cached"]) == (3, 6)
 
 
 def test_precomputed_and_online_reference_give_the_same_loss(tiny_model):

@@ -207,7 +207,7 @@ def test_freeze_writes_the_finals_config_from_the_best_dev_points(study, tmp_pat
     sweep("dpo_confirm", [({"loss": "dpo+mnrl", "learning_rate": 5e-5, "beta": 0.3, "mnrl_weight": 0.5,
                             "num_train_epochs": 2}, 0.69),
                            ({"loss": "dpo", "learning_rate": 5e-5, "beta": 0.3, "loss_type": "hinge",
-                             "hinge_margin": 2.0, "num_train_epochs": 2}, 0.64)])
+                             "hinge_margin": 1.0, "num_train_epochs": 2}, 0.695)])  # above every dpo row
     for family, options, score in (("contrastive", {"loss": "contrastive", "learning_rate": 1e-4, "mnrl_scale": 20,
                                                     "num_train_epochs": 3}, 0.685),
                                    ("cmnrl", {"loss": "cmnrl", "learning_rate": 4e-4, "mnrl_scale": 10,
@@ -222,8 +222,9 @@ def test_freeze_writes_the_finals_config_from_the_best_dev_points(study, tmp_pat
     assert v["mnrl"] == {"loss": "contrastive", "num_train_epochs": 3, "learning_rate": 1e-4, "mnrl_scale": 20,
                          "wise_ft": [0.5]}
     assert v["cmnrl"]["per_device_train_batch_size"] == 128 and v["dpo"]["dropout"] == "off"
-    assert v["dpo-hinge"] == {"loss": "dpo", "learning_rate": 5e-5, "beta": 0.3, "loss_type": "hinge",
-                              "hinge_margin": 2.0}  # its screening point: a hinge row is never dpo's
+    assert v["dpo-hinge"] == {"loss": "dpo", "num_train_epochs": 2, "learning_rate": 5e-5, "beta": 0.3,
+                              "loss_type": "hinge", "hinge_margin": 1.0}  # its confirmation: never dpo's
+    assert "loss_type" not in v["dpo"]
     assert v["dpo-mnrl"] == {"loss": "dpo+mnrl", "num_train_epochs": 2, "learning_rate": 5e-5, "beta": 0.3,
                              "mnrl_weight": 0.5}  # its confirmation point
     assert cfg["losses"] == ["mnrl", "cmnrl", "dpo", "dpo-mnrl", "sdpo", "dpo-hinge"]
@@ -291,6 +292,10 @@ def test_confirm_trains_each_screened_best_at_the_full_budget(study, tmp_path, m
     (configs / "tune_dpo_confirm.yaml").write_text(yaml.safe_dump({"dataset": "scifact", "base_on": ["dpo"],
                                                                     "confirm": {"mnrl": "contrastive"}}))
     with pytest.raises(SystemExit, match="confirm: 'mnrl' is not a DPO-family final model"):
+        mod.resolved_grid("dpo_confirm")
+    (configs / "tune_dpo_knobs.yaml").write_text("dataset: scifact\n")
+    (configs / "tune_dpo_confirm.yaml").write_text("dataset: scifact\nconfirm: {dpo: dpo_knobs}\n")
+    with pytest.raises(SystemExit, match="confirm: dpo: .*tune_dpo_knobs.yaml has no base_on"):
         mod.resolved_grid("dpo_confirm")
     (configs / "tune_dpo_confirm.yaml").write_text("dataset: scifact\nconfirm: [dpo_knobs]\n")
     with pytest.raises(SystemExit, match="tune_dpo_confirm.yaml: confirm: a mapping of final model to sweep name"):

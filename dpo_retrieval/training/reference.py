@@ -150,11 +150,18 @@ class _ReferenceCache:
     ignored and written again; written atomically."""
 
     def __init__(self, cache_dir, model, precision: str) -> None:
+        from dpo_retrieval.models import resolve_precision
         from dpo_retrieval.retrieval.cache import state_dict_digest
 
         self.dir = Path(cache_dir)
-        self.model, self.precision = model, precision
-        self.model_id = "state:" + state_dict_digest(model)
+        self.model = model
+        self.precision = resolve_precision(precision, str(model.device))  # "auto" means what it resolves to here
+        # the weights, and what else turns text into an embedding: the modules' settings (pooling, normalisation,
+        # lower-casing, ...) as the model prints them, and the tokenizer's vocabulary
+        tokenizer = getattr(model, "tokenizer", None)
+        vocab = json.dumps(sorted(tokenizer.get_vocab().items())) if tokenizer is not None else ""
+        self.model_id = "state:" + state_dict_digest(model) + ";modules:" + hashlib.sha256(
+            (repr(model) + type(tokenizer).__name__ + vocab).encode()).hexdigest()
 
     def _key(self, texts: list[str], task: str) -> dict:
         from dpo_retrieval.retrieval.cache import encoding_key, texts_digest
