@@ -7,12 +7,15 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 
 from dpo_retrieval._io import atomic_path, write_json
 from dpo_retrieval.errors import UserInputError
+
+if TYPE_CHECKING:
+    from dpo_retrieval.data.beir import BeirDataset
 
 logger = logging.getLogger(__name__)
 
