@@ -179,7 +179,7 @@ def _plots(data: dict, drift: dict) -> list[str]:
     from dpo_retrieval.experiment.plots import _new_figure, _save_figure
 
     written = []
-    if data["rows"]:
+    if any(r["mean"] is not None for r in data["rows"]):  # nothing recorded yet: no empty plot
         fig, axes = _new_figure(6, 4)
         ax = axes[0][0]
         sizes = list(dict.fromkeys(r["size"] for r in data["rows"]))  # 64, 128, ..., "all": one slot each
