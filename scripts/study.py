@@ -12,6 +12,7 @@ whether the session's CPU has fast bf16.
     python scripts/study.py freeze                        # configs/study/final.yaml from the best dev points
     python scripts/study.py finals                        # configs/study/final.yaml, seeds of study.yaml
     python scripts/study.py data                          # data efficiency: sizes x seeds of study.yaml
+    python scripts/study.py finals --jobs 2               # two trainings side by side (logs: runs/study/logs/)
     python scripts/study.py report                        # study_scifact.{json,md} + plots
     python scripts/study.py status                        # what is recorded and what is left
 
@@ -37,8 +38,17 @@ CONFIGS = Path("configs") / "study"
 MINE = RUN / "mine"
 
 
-def _cli(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "dpo_retrieval", *args], check=True, cwd=ROOT)
+def _cli(*args: str, log: Path | None = None, threads: int | None = None) -> None:
+    """``dpo-retrieval <args>``; with ``log`` its output goes to that file (appended) instead of this one's, with
+    ``threads`` it computes on that many threads (OMP_NUM_THREADS, MKL_NUM_THREADS)."""
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [sys.executable, "-m", "dpo_retrieval", *args]
+    if log is None:
+        subprocess.run(command, check=True, cwd=ROOT, env=env)
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as out:
+        subprocess.run(command, check=True, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _sha(path: Path) -> str:
@@ -86,7 +96,8 @@ def check_triplets(triplets: Path, *, what: str) -> str:
     known = json.loads(record.read_text()) if record.exists() else {}
     k = negatives_per_row(triplets)
     first = digest if k == 1 else first_negative_sha(triplets)
-    lines = sum(1 for _ in open(triplets))
+    with open(triplets) as f:
+        lines = sum(1 for _ in f)
     if not known:
         known = {"sha256_16": first, "file": str(triplets), "lines": lines, "commit": _commit()}
         _write(record, known)
@@ -207,6 +218,8 @@ def resolved_grid(name: str) -> Path:
         raise SystemExit(f"{CONFIGS / f'tune_{name}.yaml'}: confirm: a mapping of final model to sweep name, "
                          f"got {confirm!r}")
     if confirm:
+        from study_freeze import confirm_points
+
         spec["points"] = confirm_points(confirm, spec.get("fixed") or {}) + list(spec.get("points") or [])
         if not spec["points"]:
             raise SystemExit(f"tune {name}: nothing to confirm (no screened setting beat its screening base)")
@@ -222,39 +235,6 @@ def resolved_grid(name: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(spec, sort_keys=False))
     return out
-
-
-#: what a confirmation point takes from its base (the full budget), not from the screened row
-_BUDGET = ("num_train_epochs", "negatives")
-
-
-def confirm_points(confirm: dict, fixed: dict) -> list[dict]:
-    """``confirm: {final model: screening sweep}`` (amendment 2 of study_scifact.md): for each final model, the
-    best row of its screening sweep (:data:`FINALS`' filter for the model), as a point on ``fixed`` (the best of
-    DPO's grid, epoch and negatives sweeps): the screened options that differ from ``fixed``, the budget
-    (:data:`_BUDGET`) from ``fixed``. The model ``dpo``'s screen varies DPO's own options around its screening
-    base (the sweep's ``base_on``): its best is confirmed only if it beat that base."""
-    import yaml
-
-    points = []
-    for model, sweep in confirm.items():
-        if model not in DPO_FAMILY:
-            raise SystemExit(f"confirm: {model!r} is not a DPO-family final model ({', '.join(DPO_FAMILY)})")
-        best = best_point([sweep], FINALS[model][1])
-        if model == "dpo":
-            screen = yaml.safe_load((CONFIGS / f"tune_{sweep}.yaml").read_text()).get("base_on")
-            if not screen:
-                raise SystemExit(f"confirm: dpo: {CONFIGS / f'tune_{sweep}.yaml'} has no base_on (the screening base "
-                                 "its best must beat)")
-            base = best_point([screen] if isinstance(screen, str) else screen, FINALS[model][1])
-            if best["fast_dev"]["ndcg@10"] <= base["fast_dev"]["ndcg@10"]:
-                print(f"confirm: {sweep}'s best ({best['fast_dev']['ndcg@10']:.4f}) does not beat its screening base "
-                      f"({base['fast_dev']['ndcg@10']:.4f}): nothing of dpo to confirm")
-                continue
-        point = {k: v for k, v in best["options"].items() if k not in _BUDGET and fixed.get(k) != v}
-        if point not in points:
-            points.append(point)
-    return points
 
 
 def tune(names: list[str]) -> None:
@@ -282,80 +262,12 @@ def share_pool(results: Path) -> None:
         _write(results, {"points": [], "fast_pool": pool})
 
 
-# ---------------------------------------------------------------------------------------------- freeze
-#: the finals' models: name -> (the sweeps its best dev point is taken from, a filter on their rows)
-FINALS = {
-    "mnrl": (["contrastive", "contrastive_epochs", "contrastive_negatives"], lambda o: o["loss"] == "contrastive"),
-    "cmnrl": (["cmnrl", "cmnrl_epochs", "cmnrl_negatives"], lambda o: o["loss"] == "cmnrl"),
-    "dpo": (["dpo", "dpo_epochs", "dpo_knobs", "dpo_negatives", "dpo_confirm"],
-            lambda o: o["loss"] == "dpo" and o.get("loss_type") != "hinge"),
-    "dpo-mnrl": (["variants", "dpo_confirm"], lambda o: o["loss"] == "dpo+mnrl"),
-    "sdpo": (["variants", "dpo_confirm"], lambda o: o["loss"] == "sdpo"),
-    "dpo-hinge": (["variants", "dpo_confirm"], lambda o: o["loss"] == "dpo" and o.get("loss_type") == "hinge"),
-}
-#: the final models tune_dpo_confirm may confirm (amendment 2)
-DPO_FAMILY = ("dpo", "dpo-mnrl", "sdpo", "dpo-hinge")
-#: the run-level settings every final shares (compare's names); a variant holds what its tuning changed
-FINAL_RUN = {"dataset": "scifact", "preset": "full", "train_max_seq_length": 128, "per_device_train_batch_size": 32,
-             "num_train_epochs": 1.0, "warmup_steps": 0.1, "seed": 42, "precision": "fp32",
-             "eval_datasets": ["dbpedia-entity-5k"]}
-_SWEEP_ONLY = {"max_seq_length", "seed", "loss", "negatives"}
-
-
-def variant_of(options: dict) -> dict:
-    """A sweep point's options as a compare variant (``loss`` + what differs from the shared run settings;
-    the sweep's ``max_seq_length`` and ``negatives`` are compare's ``train_max_seq_length`` and
-    ``train_negatives``)."""
-    out = {"loss": options["loss"]}
-    for k, v in options.items():
-        if k in _SWEEP_ONLY or FINAL_RUN.get(k) == v:
-            continue
-        out[k] = v
-    if options.get("max_seq_length", 128) != FINAL_RUN["train_max_seq_length"]:
-        out["train_max_seq_length"] = options["max_seq_length"]
-    if options.get("negatives", 1) != 1:
-        out["train_negatives"] = options["negatives"]
-    return out
-
-
-def final_run(variants: dict) -> dict:
-    """The finals' run settings: :data:`FINAL_RUN`, and where a variant trains on more than one negative,
-    mining enough for it (``negatives``) with every other variant on the first (``train_negatives: 1``): the
-    study's triplets, which run_unit checks the mined file's first column against."""
-    need = max(v.get("train_negatives", 1) for v in variants.values())
-    return {**FINAL_RUN, "negatives": need, "train_negatives": 1} if need > 1 else dict(FINAL_RUN)
-
-
-def freeze(force: bool = False) -> Path:
-    """configs/study/final.yaml from the best dev point of each model's sweeps (WiSE-FT 0.5 of mnrl); every
-    sweep must have run to its end. An existing final.yaml (the config the finals are judged by) is kept
-    unless ``force``."""
-    import yaml
-
-    path = CONFIGS / "final.yaml"
-    if path.exists() and not force:
-        raise SystemExit(f"freeze: {path} exists (the finals' config); --force replaces it")
-    variants = {}
-    for name, (sweeps, keep) in FINALS.items():
-        try:
-            variants[name] = variant_of(best_point(sweeps, keep)["options"])
-        except SystemExit as err:
-            raise SystemExit(f"freeze: {name}: {err}") from None
-    variants["mnrl"]["wise_ft"] = [0.5]
-    header = (f"# the finals' compare config, written by `python scripts/study.py freeze` (commit {_commit()}) from\n"
-              "# the best fast-dev point of each model's sweeps in benchmarks/results/study/tune_*.json\n")
-    path.write_text(header + yaml.safe_dump({**final_run(variants), "losses": list(variants), "variants": variants},
-                                            sort_keys=False))
-    return path
-
-
 def _drift_pool() -> dict | None:
     for path in sorted(KEPT.glob("tune_*.json")):
         pool = json.loads(path.read_text()).get("fast_pool")
         if pool and pool.get("base_run"):
             return pool
     return None
-
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -365,8 +277,12 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("names", nargs="+", help="sweep names, run in order (a base_on sweep needs its base first)")
     f = sub.add_parser("freeze", help="write configs/study/final.yaml from the best dev point of each model's sweeps")
     f.add_argument("--force", action="store_true", help="replace an existing final.yaml (the finals' config)")
-    sub.add_parser("finals", help="configs/study/final.yaml on SciFact test, dev and dbpedia-entity-5k, each seed")
-    sub.add_parser("data", help="data efficiency: data_models at data_sizes triplets, data_seeds")
+    for step, text in (("finals", "configs/study/final.yaml on SciFact test, dev and dbpedia-entity-5k, each seed"),
+                       ("data", "data efficiency: data_models at data_sizes triplets, data_seeds")):
+        sub.add_parser(step, help=text).add_argument(
+            "--jobs", type=int, default=1, help="trainings side by side, each on cpu_count // jobs threads, each "
+            "logged under runs/study/logs/ (default 1; on 2 CPU cores 2 jobs train ~1.4x faster in all, "
+            "benchmarks/results/bench_threads.json)")
     sub.add_parser("report", help="benchmarks/results/study_scifact.{json,md} and plots from what is recorded")
     sub.add_parser("status", help="what is recorded and what is left")
     args = parser.parse_args(argv)
@@ -389,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
 
             write_study_report()
         elif args.step == "freeze":
+            from study_freeze import freeze
+
             print(f"wrote {freeze(args.force)}")
         else:
             if args.step != "status" and not (CONFIGS / "final.yaml").exists():
@@ -396,7 +314,12 @@ def main(argv: list[str] | None = None) -> None:
                                  "python scripts/study.py freeze")
             import study_finals
 
-            {"finals": study_finals.finals, "data": study_finals.data, "status": study_finals.status}[args.step]()
+            if args.step == "status":
+                study_finals.status()
+            else:
+                if args.jobs < 1:
+                    raise SystemExit(f"study {args.step}: --jobs must be 1 or more, got {args.jobs}")
+                {"finals": study_finals.finals, "data": study_finals.data}[args.step](args.jobs)
     except UserInputError as err:
         raise SystemExit(f"study {args.step}: {err}") from None
     except subprocess.CalledProcessError as err:

@@ -5,8 +5,10 @@ seed, under benchmarks/results/study/ (so a later session runs only what is miss
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import study as S
@@ -112,34 +114,119 @@ def missing_losses(config: Path, kept: Path, seed: int, extra: list[str], losses
     return [loss for loss in losses if seed not in recorded_seeds(kept, final_models(config, [loss], extra), sha)]
 
 
-def run_unit(config: Path, out: Path, kept: Path, seeds: list[int], extra: list[str], losses: list[str]) -> None:
+@dataclass(frozen=True)
+class Unit:
+    """One compare call of the finals or the data runs: ``loss`` at ``seed`` from ``config``, in run directory
+    ``out`` (or a job's copy of it), exported to ``kept``."""
+    config: Path
+    out: Path
+    kept: Path
+    seed: int
+    loss: str
+    extra: tuple[str, ...] = ()
+
+
+def pending_units(config: Path, out: Path, kept: Path, seeds: list[int], extra: list[str],
+                  losses: list[str]) -> list[Unit]:
+    """The (seed, loss) units of ``losses`` whose export is missing (:func:`missing_losses`), seed by seed."""
+    return [Unit(config, out, kept, seed, loss, tuple(extra)) for seed in sorted(seeds)
+            for loss in missing_losses(config, kept, seed, list(extra), losses)]
+
+
+def run_unit(config: Path, out: Path, kept: Path, seeds: list[int], extra: list[str], losses: list[str],
+             jobs: int = 1) -> None:
     """Each seed of ``losses`` from ``config`` (a compare config) in run directory ``out``: one compare call per
     (seed, loss) whose export is missing (:func:`missing_losses`), each exported to ``kept`` as soon as it
     finishes, so a session that stops mid-seed keeps every model it finished: every report name of a retrained
-    loss (a WiSE-FT model and its loss come from one training), no other model's recorded export."""
-    sha = S.config_sha(config)
-    todo = {seed: missing for seed in sorted(seeds) if (missing := missing_losses(config, kept, seed, extra, losses))}
-    if not todo:
+    loss (a WiSE-FT model and its loss come from one training), no other model's recorded export. ``jobs``:
+    :func:`run_units`."""
+    units = pending_units(config, out, kept, seeds, extra, losses)
+    if not units:
         print(f"{kept}: seeds {seeds} of {', '.join(losses)} recorded")
+    run_units(units, jobs)
+
+
+def job_dir(out: Path, slot: int) -> Path:
+    """Job ``slot``'s run directory for units of ``out``: ``out`` itself for slot 0, ``out.job<slot>`` else."""
+    return out if slot == 0 else out.with_name(f"{out.name}.job{slot}")
+
+
+def run_units(units: list[Unit], jobs: int = 1) -> None:
+    """Run ``units`` in order, ``jobs`` compare processes side by side (each on cpu_count // jobs threads, its
+    output in runs/study/logs/; one job per run directory: job k > 0 works in a copy of the unit's mining and base
+    evaluation, :func:`job_dir`). A run directory without a mining yet runs its first unit alone first. A failed
+    unit lets the running ones finish, starts no more, and is raised."""
+    import queue
+    import threading
+
+    if not units:
         return
-    if out != S.RUN / "final":
-        seed_run_dir(S.RUN / "final", out)
-    for seed, missing in todo.items():
-        for loss in missing:  # one loss per compare call: each finished model is kept before the next starts
-            new = final_models(config, [loss], extra)  # a retrained loss's every name: a WiSE-FT pair, one training
-            print(f"{kept}: seed {seed}: training {loss} (for {', '.join(new)})", flush=True)
-            if (out / "mine" / "triplets.jsonl").exists():
-                S.check_triplets(out / "mine" / "triplets.jsonl", what=str(out))
-            S._cli("compare", str(config), "--seeds", str(seed), "--output", str(out), "--losses", loss,
-                   "--no_show_progress_bar", *extra)
-            S.check_triplets(out / "mine" / "triplets.jsonl", what=str(out))
-            export_run(out, kept, config_sha=sha, seeds=[seed], models=new, drift_pool=S._drift_pool())
+    for out in dict.fromkeys(u.out for u in units):
+        if out != S.RUN / "final":
+            seed_run_dir(S.RUN / "final", out)
+    if jobs <= 1:
+        for unit in units:
+            run_one(unit, unit.out)
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    units = list(units)
+    for out in dict.fromkeys(u.out for u in units):
+        if not (out / "mine" / "triplets.jsonl").exists():  # its mining and base evaluation, once, alone
+            first = next(u for u in units if u.out == out)
+            units.remove(first)
+            run_one(first, out)
+    todo: queue.Queue = queue.Queue()
+    for unit in units:
+        todo.put(unit)
+    errors: list[BaseException] = []
+
+    def worker(slot: int) -> None:
+        while not errors:
+            try:
+                unit = todo.get_nowait()
+            except queue.Empty:
+                return
+            where = job_dir(unit.out, slot)
+            if where != unit.out:
+                seed_run_dir(unit.out, where)
+            log = S.RUN / "logs" / f"{where.name}-{unit.loss}-seed{unit.seed}.log"
+            try:
+                run_one(unit, where, log=log, threads=threads)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+                print(f"job {slot}: {unit.kept} seed {unit.seed} {unit.loss} failed; its log: {log}", flush=True)
+                errors.append(err)
+
+    pool = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in range(jobs)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
-def finals() -> None:
+def run_one(unit: Unit, where: Path, log: Path | None = None, threads: int | None = None) -> None:
+    """One compare call (``unit.loss`` at ``unit.seed``) in run directory ``where``, then its export."""
+    extra = list(unit.extra)
+    new = final_models(unit.config, [unit.loss], extra)  # a retrained loss's every name: a WiSE-FT pair, one training
+    print(f"{unit.kept}: seed {unit.seed}: training {unit.loss} (for {', '.join(new)})"
+          + (f" in {where}, log {log}" if log else ""), flush=True)
+    if (where / "mine" / "triplets.jsonl").exists():
+        S.check_triplets(where / "mine" / "triplets.jsonl", what=str(where))
+    args = ("compare", str(unit.config), "--seeds", str(unit.seed), "--output", str(where), "--losses", unit.loss,
+            "--no_show_progress_bar", *extra)
+    S._cli(*args, log=log, threads=threads) if log else S._cli(*args)
+    S.check_triplets(where / "mine" / "triplets.jsonl", what=str(where))
+    export_run(where, unit.kept, config_sha=S.config_sha(unit.config), seeds=[unit.seed], models=new,
+               drift_pool=S._drift_pool())
+    if log:
+        print(f"{unit.kept}: seed {unit.seed}: {unit.loss} done", flush=True)
+
+
+def finals(jobs: int = 1) -> None:
     p = S.plan()
     config = S.CONFIGS / "final.yaml"
-    run_unit(config, S.RUN / "final", S.KEPT / "final", p["seeds"], [], final_losses(config))
+    run_unit(config, S.RUN / "final", S.KEPT / "final", p["seeds"], [], final_losses(config), jobs)
 
 
 def final_losses(config: Path) -> list[str]:
@@ -169,9 +256,9 @@ def data_models(p: dict) -> list[str]:
     return list(p["data_models"]) + [best]
 
 
-def data() -> None:
+def data(jobs: int = 1) -> None:
     """Each (size, seed) of the data-efficiency models, smallest size first, one compare call per (size, seed)
-    and model it lacks."""
+    and model it lacks (``jobs`` side by side, :func:`run_units`)."""
     import yaml
 
     p = S.plan()
@@ -179,9 +266,12 @@ def data() -> None:
     models = data_models(p)
     variants = yaml.safe_load(config.read_text()).get("variants") or {}
     no_wise_ft = {k: {o: v for o, v in opts.items() if o != "wise_ft"} for k, opts in variants.items()}
-    for n in sorted(p["data_sizes"]):
-        run_unit(config, S.RUN / f"n{n}", S.KEPT / "data" / f"n{n}", p["data_seeds"],
-                 ["--max_triplets", str(n), "--eval_datasets", "", "--variants", json.dumps(no_wise_ft)], models)
+    units = [u for n in sorted(p["data_sizes"]) for u in pending_units(
+        config, S.RUN / f"n{n}", S.KEPT / "data" / f"n{n}", p["data_seeds"],
+        ["--max_triplets", str(n), "--eval_datasets", "", "--variants", json.dumps(no_wise_ft)], models)]
+    if not units:
+        print(f"data: sizes {sorted(p['data_sizes'])}, seeds {p['data_seeds']} of {', '.join(models)} recorded")
+    run_units(units, jobs)
 
 
 # ---------------------------------------------------------------------------------------------- status

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -21,17 +23,18 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 def study(tmp_path, monkeypatch):
     """The two scripts with benchmarks/results/study and configs/study moved into tmp_path."""
     monkeypatch.syspath_prepend(str(SCRIPTS))
-    for name in ("study", "study_report", "study_finals"):
+    for name in ("study", "study_report", "study_finals", "study_freeze"):
         sys.modules.pop(name, None)
     mod = importlib.import_module("study")
     rep = importlib.import_module("study_report")
     fin = importlib.import_module("study_finals")
+    frz = importlib.import_module("study_freeze")
     kept, configs = tmp_path / "kept", tmp_path / "configs"
     configs.mkdir()
     monkeypatch.setattr(mod, "KEPT", kept)  # the other two read them through the study module
     monkeypatch.setattr(mod, "CONFIGS", configs)
     monkeypatch.setattr(rep, "OUT", tmp_path / "out")
-    for name, value in vars(fin).items():  # one namespace for the tests: study + study_finals
+    for name, value in [*vars(fin).items(), *vars(frz).items()]:  # one namespace for the tests: study + the others
         if not name.startswith("__") and not hasattr(mod, name):
             monkeypatch.setattr(mod, name, value, raising=False)
     (configs / "study.yaml").write_text(yaml.safe_dump({
@@ -289,6 +292,24 @@ def test_confirm_trains_each_screened_best_at_the_full_budget(study, tmp_path, m
     spec = yaml.safe_load(mod.resolved_grid("dpo_confirm").read_text())
     assert spec["points"][0] == {"loss": "dpo+mnrl", "mnrl_weight": 0.5} and len(spec["points"]) == 3
     assert "nothing of dpo to confirm" in capsys.readouterr().out
+    # amendment 3: a variant's best at an end of its planned list is extended once before it is confirmed
+    sweep("variants", [({"loss": "dpo+mnrl", "mnrl_weight": 0.5}, 0.72), ({"loss": "dpo+mnrl", "mnrl_weight": 0.75}, 0.73),
+                       ({"loss": "sdpo", "sdpo_gamma": 0.5}, 0.68), ({"loss_type": "hinge", "hinge_margin": 1.0}, 0.69)])
+    with pytest.raises(SystemExit, match=r"confirm: dpo-mnrl: its best screened mnrl_weight \(0.75\) is its list's "
+                                         r"end: add \{mnrl_weight: 0.9\} to configs/study/tune_variants.yaml"):
+        mod.resolved_grid("dpo_confirm")
+    for beyond, score in ((0.9, 0.71), (0.9, 0.74)):  # the point beyond is screened; best or not, no further step
+        sweep("variants", [({"loss": "dpo+mnrl", "mnrl_weight": 0.75}, 0.73),
+                           ({"loss": "dpo+mnrl", "mnrl_weight": beyond}, score), ({"loss": "sdpo", "sdpo_gamma": 0.5}, 0.68),
+                           ({"loss_type": "hinge", "hinge_margin": 0.5}, 0.69),
+                           ({"loss_type": "hinge", "hinge_margin": 0.25}, 0.70)])
+        spec = yaml.safe_load(mod.resolved_grid("dpo_confirm").read_text())
+        assert {"loss": "dpo+mnrl", "mnrl_weight": 0.75 if score < 0.73 else 0.9} in spec["points"]
+        assert {"loss_type": "hinge", "hinge_margin": 0.25} in spec["points"]
+    sweep("variants", [({"loss": "dpo+mnrl", "mnrl_weight": 0.5}, 0.72), ({"loss": "sdpo", "sdpo_gamma": 0.5}, 0.68),
+                       ({"loss_type": "hinge", "hinge_margin": 0.5}, 0.69)])
+    with pytest.raises(SystemExit, match=r"dpo-hinge: its best screened hinge_margin \(0.5\) .* add \{hinge_margin: 0.25\}"):
+        mod.resolved_grid("dpo_confirm")
     (configs / "tune_dpo_confirm.yaml").write_text(yaml.safe_dump({"dataset": "scifact", "base_on": ["dpo"],
                                                                     "confirm": {"mnrl": "contrastive"}}))
     with pytest.raises(SystemExit, match="confirm: 'mnrl' is not a DPO-family final model"):
@@ -407,9 +428,12 @@ def _fake_compare(monkeypatch, mod, tmp_path, calls: list) -> None:
     monkeypatch.setattr(mod, "check_triplets", lambda *a, **k: "sha")
     monkeypatch.setattr(mod, "_drift_pool", lambda: None)
 
-    def cli(*args):
+    def cli(*args, log=None, threads=None):
         a = list(args)
         assert a[0] == "compare"
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(f"threads {threads}")
         cfg = yaml.safe_load(Path(a[1]).read_text())
         seed, out, losses = int(a[a.index("--seeds") + 1]), Path(a[a.index("--output") + 1]), a[a.index("--losses") + 1]
         size = int(a[a.index("--max_triplets") + 1]) if "--max_triplets" in a else None
@@ -475,6 +499,44 @@ def test_run_unit_trains_only_the_missing_losses_of_each_seed(study, tmp_path, m
     calls.clear()
     mod.run_unit(config, mod.RUN / "final", final, [1, 2], [], ["mnrl", "dpo"])
     assert calls == []
+
+
+def test_jobs_run_units_side_by_side_each_in_its_own_run_directory(study, tmp_path, monkeypatch):
+    """--jobs 2: the same units as one job (a run directory without a mining runs its first unit alone), each job
+    in its own run directory (job 1 in a copy of the mining), each unit logged; every export lands. A failing unit
+    stops the rest and is raised."""
+    mod, _, kept, configs = study
+    calls = []
+    _fake_compare(monkeypatch, mod, tmp_path, calls)
+    config = configs / "final.yaml"
+    config.write_text(yaml.safe_dump({"losses": ["mnrl", "dpo"], "variants": {
+        "mnrl": {"loss": "contrastive", "wise_ft": [0.5]}, "dpo": {"beta": 0.5}}}))
+    final = kept / "final"
+    (mod.RUN / "final" / "mine").mkdir(parents=True)  # as compare leaves it: job 1 starts from a copy of it
+    (mod.RUN / "final" / "mine" / "triplets.jsonl").write_text("{}\n")
+    mod.run_unit(config, mod.RUN / "final", final, [1, 2, 3], [], ["mnrl", "dpo"], jobs=2)
+    assert sorted(calls) == sorted((None, k, [m]) for k in (1, 2, 3) for m in ("mnrl", "dpo"))
+    assert sorted(p.relative_to(final).as_posix() for p in final.rglob("*.json")) == sorted(
+        ["base.json", *[f"{m}/seed{k}.json" for m in ("mnrl", "mnrl-wiseft0.5", "dpo") for k in (1, 2, 3)]])
+    logs = sorted(p.name for p in (mod.RUN / "logs").glob("*.log"))
+    assert len(logs) == 6 and all(n.startswith(("final-", "final.job1-")) for n in logs)
+    assert (mod.RUN / "final.job1" / "mine" / "triplets.jsonl").exists()
+    assert {p.read_text() for p in (mod.RUN / "logs").glob("*.log")} == {f"threads {max(1, (os.cpu_count() or 1) // 2)}"}
+    calls.clear()
+    mod.run_unit(config, mod.RUN / "final", final, [1, 2, 3], [], ["mnrl", "dpo"], jobs=2)
+    assert calls == []
+    shutil.rmtree(final)
+    real = mod._cli
+
+    def failing(*args, log=None, threads=None):
+        if args[args.index("--seeds") + 1] == "1" and args[args.index("--losses") + 1] == "dpo":
+            raise subprocess.CalledProcessError(1, ["python", *args])
+        real(*args, log=log, threads=threads)
+
+    monkeypatch.setattr(mod, "_cli", failing)
+    with pytest.raises(subprocess.CalledProcessError):
+        mod.run_unit(config, mod.RUN / "final", final, [1, 2, 3], [], ["mnrl", "dpo"], jobs=2)
+    assert len(calls) < 5  # the queue stops after the failure (at most the other job's running unit finishes)
 
 
 def test_data_runs_the_plans_models_first_and_adds_the_best_variant_after_the_finals(study, tmp_path,
