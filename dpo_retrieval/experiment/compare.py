@@ -51,14 +51,16 @@ def _to_report_entry(result: dict, train_time: float | None) -> dict:
     }
 
 
-#: the training arguments that enter a training stage's key
+#: the training arguments that enter a training stage's key: those that change the trained model (not how often
+#: it logs or saves a checkpoint)
 TRAINING_KEY = ("num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-                "learning_rate", "warmup_steps", "logging_steps", "save_steps", "seed")
+                "learning_rate", "warmup_steps", "seed")
 
 
 def _train_config(cfg: CompareArgs, loss: str, output: Path, triplets: Path):
     """``(TrainArgs, DPOArgs, training arguments)`` of one loss's training run, checked (``cfg`` resolved)."""
-    from dpo_retrieval.training.args import TrainArgs, check_training_arguments, training_arguments
+    from dpo_retrieval.training.args import (CHECKPOINT_STEPS, TrainArgs, check_training_arguments,
+                                             training_arguments)
 
     # every mined negative (mining.negatives of them) is all of them: no option, so the stage key is unchanged
     negatives = None if cfg.train_negatives == cfg.mining.negatives else cfg.train_negatives
@@ -68,7 +70,7 @@ def _train_config(cfg: CompareArgs, loss: str, output: Path, triplets: Path):
     args = training_arguments(str(output), num_train_epochs=cfg.num_train_epochs,
                               per_device_train_batch_size=cfg.per_device_train_batch_size,
                               learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, seed=cfg.seed,
-                              logging_steps=1, save_steps=50, disable_tqdm=not cfg.show_progress_bar)
+                              logging_steps=1, save_steps=CHECKPOINT_STEPS, disable_tqdm=not cfg.show_progress_bar)
     check_training_arguments(args)
     return inputs, cfg.dpo, args
 

@@ -168,12 +168,13 @@ def _train_point(options: dict, triplets: Path, out: Path, args: SweepArgs, key:
     """Train one point (or find it trained) under its stage ``key``; returns ``(model dir, seconds)``. The
     points share ``reference_cache`` (the frozen reference's embeddings of the training texts)."""
     from dpo_retrieval.training import train
-    from dpo_retrieval.training.args import DPOArgs, TrainArgs, training_arguments
+    from dpo_retrieval.training.args import CHECKPOINT_STEPS, DPOArgs, TrainArgs, training_arguments
 
     own, dpo, hf = split_options(options)
     inputs = TrainArgs(triplets=str(triplets), **{"precision": args.precision, "device": args.device, **own}).check()
     dpo_args = DPOArgs(**dpo).resolved()
-    targs = training_arguments(str(out / "model"), **{"logging_steps": 1, "save_steps": 50, "disable_tqdm": True, **hf})
+    targs = training_arguments(str(out / "model"), **{"logging_steps": 1, "save_steps": CHECKPOINT_STEPS, "disable_tqdm": True,
+                                                              **hf})
     stage = Stage(out / "train.stage.json", key)
     if not stage.done():
         resume = stage.started_same() and (out / "model" / "checkpoints").is_dir()

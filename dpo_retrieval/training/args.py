@@ -37,6 +37,9 @@ TRAINING_DEFAULTS = {
     "warmup_steps": 0.1,  # transformers 5: a float < 1 is a ratio of the total steps
     "logging_steps": 10, "save_steps": 500, "save_total_limit": 2, "seed": 42, "report_to": "none",
 }
+#: the checkpoint interval of the drivers' trainings (compare, sweep): a training interrupted by a session's end
+#: resumes from its last checkpoint, losing at most this many steps; not part of any stage key (it changes no weight)
+CHECKPOINT_STEPS = 10
 
 
 @dataclass
