@@ -234,8 +234,6 @@ def test_run_compare_checks_training_options_first(bad, field, tmp_path, tiny_mo
 def test_model_id_is_the_weights_content_not_the_path(tmp_path, tiny_model_path):
     import shutil
 
-    from dpo_retrieval.data import beir as beir_mod
-    from dpo_retrieval.evaluation import evaluate as evaluate_mod
     from dpo_retrieval.retrieval import cache as cache_mod
 
     copy = tmp_path / "copy"

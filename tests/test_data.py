@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dpo_retrieval.data.fields import join_title_text
-from dpo_retrieval.data.triplets import (load_beir_corpus, load_beir_queries, load_triplets, save_triplets,
+from dpo_retrieval.data.triplets import (load_beir_corpus, load_beir_queries, save_triplets,
                                 triplet_columns)
 from dpo_retrieval.errors import UserInputError
 

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dpo_retrieval.errors import UserInputError
 from dpo_retrieval.losses import (DPOLoss, DPOMNRLLoss, SDPOLoss, dpo_loss, dpo_mnrl_loss, in_batch_scores, mnrl_loss,

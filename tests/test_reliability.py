@@ -543,7 +543,6 @@ def test_index_write_failure_leaves_no_half_index(tiny_model, tmp_path, monkeypa
 
 
 def test_json_and_report_writes_are_atomic(tmp_path, monkeypatch):
-    from dpo_retrieval.experiment import report
     from dpo_retrieval._io import write_json
     from dpo_retrieval.evaluation.runs import write_run
 
@@ -582,7 +581,7 @@ def test_json_and_report_writes_are_atomic(tmp_path, monkeypatch):
 
 
 def test_model_save_failure_leaves_no_loadable_half_model(tiny_model, tmp_path, monkeypatch):
-    from dpo_retrieval.training import save as training_save, trainer as training
+    from dpo_retrieval.training import save as training_save
     from dpo_retrieval.models import load_model
 
     out = tmp_path / "model"

@@ -164,7 +164,7 @@ def test_fp16_scaler_overflow_is_left_to_the_scaler(tmp_path, tiny_model_path, m
     the step and back off), and the skipped step is counted apart from the guard's skipped batches."""
     import torch
 
-    from dpo_retrieval.training import save as training_save, trainer as training
+    from dpo_retrieval.training import trainer as training
 
     made = {}
     make_accelerator = training.PreferenceTrainer.create_accelerator_and_postprocess
