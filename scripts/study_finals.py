@@ -174,7 +174,7 @@ def run_units(units: list[Unit], jobs: int = 1) -> None:
         if not (out / "mine" / "triplets.jsonl").exists():  # its mining and base evaluation, once, alone
             first = next(u for u in units if u.out == out)
             units.remove(first)
-            run_one(first, out)
+            run_one(first, out, threads=os.cpu_count() or 1)
     todo: queue.Queue = queue.Queue()
     for unit in units:
         todo.put(unit)
@@ -215,7 +215,7 @@ def run_one(unit: Unit, where: Path, log: Path | None = None, threads: int | Non
         S.check_triplets(where / "mine" / "triplets.jsonl", what=str(where))
     args = ("compare", str(unit.config), "--seeds", str(unit.seed), "--output", str(where), "--losses", unit.loss,
             "--no_show_progress_bar", *extra)
-    S._cli(*args, log=log, threads=threads) if log else S._cli(*args)
+    S._cli(*args, log=log, threads=threads)
     S.check_triplets(where / "mine" / "triplets.jsonl", what=str(where))
     export_run(where, unit.kept, config_sha=S.config_sha(unit.config), seeds=[unit.seed], models=new,
                drift_pool=S._drift_pool())

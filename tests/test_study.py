@@ -521,6 +521,12 @@ def test_jobs_run_units_side_by_side_each_in_its_own_run_directory(study, tmp_pa
     logs = sorted(p.name for p in (mod.RUN / "logs").glob("*.log"))
     assert len(logs) == 6 and all(n.startswith(("final-", "final.job1-")) for n in logs)
     assert (mod.RUN / "final.job1" / "mine" / "triplets.jsonl").exists()
+    calls.clear()  # a run directory without a mining: its first unit runs alone, on every core, before the others
+    shutil.rmtree(mod.RUN / "final" / "mine")
+    mod.run_unit(config, mod.RUN / "n8", kept / "data" / "n8", [1, 2], ["--max_triplets", "8"], ["dpo"], jobs=2)
+    assert calls[0] == (8, 1, ["dpo"]) and len(calls) == 2
+    assert not (mod.RUN / "logs" / "n8-dpo-seed1.log").exists()  # alone: its output in this process's
+    assert len(list((mod.RUN / "logs").glob("n8*-dpo-seed2.log"))) == 1
     assert {p.read_text() for p in (mod.RUN / "logs").glob("*.log")} == {f"threads {max(1, (os.cpu_count() or 1) // 2)}"}
     calls.clear()
     mod.run_unit(config, mod.RUN / "final", final, [1, 2, 3], [], ["mnrl", "dpo"], jobs=2)
@@ -627,7 +633,7 @@ def test_finals_and_data_units_end_to_end(study, tmp_path, tiny_model_path, monk
     mnrl = json.loads((kept / "final" / "mnrl" / "seed3.json").read_text())
     assert mnrl["train_key"]["negatives"] == 1
 
-    def no_run(*args):
+    def no_run(*args, **kw):
         raise AssertionError(f"ran {args}")
 
     real_cli = mod._cli
