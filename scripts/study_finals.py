@@ -236,16 +236,18 @@ def final_losses(config: Path) -> list[str]:
 
 
 def data_models(p: dict) -> list[str]:
-    """The data-efficiency models: the plan's, plus the DPO variant best on dev over the recorded finals (not
-    dpo itself), once every final seed of the variants is recorded; until then the plan's alone, said in one
-    line."""
+    """The data-efficiency models: the plan's, plus the DPO variant of the finals (not dpo itself): the one
+    final.yaml holds (amendment 4: freeze keeps the variant best on dev), or, in a config with several, the one
+    best on dev over the recorded finals once every final seed of them is recorded; until then the plan's alone,
+    said in one line."""
     from study_report import DEV, best_of, load_group
 
     config = S.CONFIGS / "final.yaml"
+    losses = final_losses(config)
+    variants = [m for m in p["dpo_models"] if m not in p["data_models"] and m in losses]
+    if len(variants) <= 1:
+        return list(p["data_models"]) + variants
     finals = load_group(S.KEPT / "final", S.config_sha(config))
-    variants = [m for m in p["dpo_models"] if m not in p["data_models"]]
-    if not variants:
-        return list(p["data_models"])
     if any(not set(p["seeds"]) <= set(finals["models"].get(m, {})) for m in variants):
         print(f"data: {', '.join(p['data_models'])} only; the best DPO variant's data runs follow once the finals "
               f"are recorded (it is chosen on dev over the finals' seeds {p['seeds']})")

@@ -20,6 +20,8 @@ FINALS = {
 }
 #: the final models tune_dpo_confirm may confirm (amendment 2)
 DPO_FAMILY = ("dpo", "dpo-mnrl", "sdpo", "dpo-hinge")
+#: the DPO variants: only the one best on dev (over its screening and confirmation) enters the finals (amendment 4)
+VARIANTS = ("dpo-mnrl", "sdpo", "dpo-hinge")
 #: the run-level settings every final shares (compare's names); a variant holds what its tuning changed
 FINAL_RUN = {"dataset": "scifact", "preset": "full", "train_max_seq_length": 128, "per_device_train_batch_size": 32,
              "num_train_epochs": 1.0, "warmup_steps": 0.1, "seed": 42, "precision": "fp32",
@@ -52,23 +54,30 @@ def final_run(variants: dict) -> dict:
 
 
 def freeze(force: bool = False) -> Path:
-    """configs/study/final.yaml from the best dev point of each model's sweeps (WiSE-FT 0.5 of mnrl); every
-    sweep must have run to its end. An existing final.yaml (the config the finals are judged by) is kept
-    unless ``force``."""
+    """configs/study/final.yaml from the best dev point of each model's sweeps (WiSE-FT 0.5 of mnrl), with only
+    the DPO variant best on dev (:data:`VARIANTS`, amendment 4); every sweep must have run to its end. An existing
+    final.yaml (the config the finals are judged by) is kept unless ``force``."""
     import yaml
 
     path = S.CONFIGS / "final.yaml"
     if path.exists() and not force:
         raise SystemExit(f"freeze: {path} exists (the finals' config); --force replaces it")
-    variants = {}
+    variants, dev = {}, {}
     for name, (sweeps, keep) in FINALS.items():
         try:
-            variants[name] = variant_of(S.best_point(sweeps, keep)["options"])
+            best = S.best_point(sweeps, keep)
         except SystemExit as err:
             raise SystemExit(f"freeze: {name}: {err}") from None
+        variants[name], dev[name] = variant_of(best["options"]), best["fast_dev"]["ndcg@10"]
+    chosen = max(VARIANTS, key=lambda m: dev[m])
+    for name in VARIANTS:
+        if name != chosen:
+            del variants[name]
     variants["mnrl"]["wise_ft"] = [0.5]
     header = (f"# the finals' compare config, written by `python scripts/study.py freeze` (commit {S._commit()}) from\n"
-              "# the best fast-dev point of each model's sweeps in benchmarks/results/study/tune_*.json\n")
+              "# the best fast-dev point of each model's sweeps in benchmarks/results/study/tune_*.json; the DPO\n"
+              f"# variant best on dev (amendment 4): {chosen} (fast dev nDCG@10: "
+              + ", ".join(f"{m} {dev[m]:.4f}" for m in VARIANTS) + ")\n")
     path.write_text(header + yaml.safe_dump({**final_run(variants), "losses": list(variants), "variants": variants},
                                             sort_keys=False))
     return path
