@@ -156,7 +156,6 @@ def run_units(units: list[Unit], jobs: int = 1) -> None:
     output in runs/study/logs/; one job per run directory: job k > 0 works in a copy of the unit's mining and base
     evaluation, :func:`job_dir`). A run directory without a mining yet runs its first unit alone first. A failed
     unit lets the running ones finish, starts no more, and is raised."""
-    import queue
     import threading
 
     if not units:
@@ -175,16 +174,26 @@ def run_units(units: list[Unit], jobs: int = 1) -> None:
             first = next(u for u in units if u.out == out)
             units.remove(first)
             run_one(first, out, threads=os.cpu_count() or 1)
-    todo: queue.Queue = queue.Queue()
-    for unit in units:
-        todo.put(unit)
+    lock = threading.Lock()
     errors: list[BaseException] = []
+
+    def take(slot: int) -> Unit | None:
+        """The next unit for job ``slot``: one it had started (its model directory is in this job's run
+        directory: an interrupted training resumes from its checkpoint, a trained model is only evaluated),
+        else the first that no other job had started, else the first."""
+        with lock:
+            if not units:
+                return None
+            mine = [u for u in units if started(u, job_dir(u.out, slot))]
+            free = [u for u in units if not any(started(u, job_dir(u.out, k)) for k in range(jobs) if k != slot)]
+            unit = (mine or free or units)[0]
+            units.remove(unit)
+            return unit
 
     def worker(slot: int) -> None:
         while not errors:
-            try:
-                unit = todo.get_nowait()
-            except queue.Empty:
+            unit = take(slot)
+            if unit is None:
                 return
             where = job_dir(unit.out, slot)
             if where != unit.out:
@@ -203,6 +212,16 @@ def run_units(units: list[Unit], jobs: int = 1) -> None:
         t.join()
     if errors:
         raise errors[0]
+
+
+def started(unit: Unit, where: Path) -> bool:
+    """Whether run directory ``where`` holds ``unit``'s model directory (a training begun or done there)."""
+    import yaml
+
+    from dpo_retrieval.experiment.variants import seed_model_name
+
+    main_seed = (yaml.safe_load(unit.config.read_text()) or {}).get("seed", 42)
+    return (where / "models" / seed_model_name(unit.loss, unit.seed, main_seed)).is_dir()
 
 
 def run_one(unit: Unit, where: Path, log: Path | None = None, threads: int | None = None) -> None:

@@ -528,6 +528,15 @@ def test_jobs_run_units_side_by_side_each_in_its_own_run_directory(study, tmp_pa
     logs = sorted(p.name for p in (mod.RUN / "logs").glob("*.log"))
     assert len(logs) == 6 and all(n.startswith(("final-", "final.job1-")) for n in logs)
     assert (mod.RUN / "final.job1" / "mine" / "triplets.jsonl").exists()
+    # a unit begun in job 1's run directory (an interrupted training) goes back to job 1, whichever job is free first
+    shutil.rmtree(final / "dpo")
+    (mod.RUN / "final.job1" / "models" / "dpo-seed3").mkdir(parents=True)
+    for log in (mod.RUN / "logs").glob("*.log"):
+        log.unlink()
+    calls.clear()
+    mod.run_unit(config, mod.RUN / "final", final, [1, 2, 3], [], ["mnrl", "dpo"], jobs=2)
+    assert sorted(calls) == [(None, k, ["dpo"]) for k in (1, 2, 3)]
+    assert (mod.RUN / "logs" / "final.job1-dpo-seed3.log").exists()
     calls.clear()  # a run directory without a mining: its first unit runs alone, on every core, before the others
     shutil.rmtree(mod.RUN / "final" / "mine")
     mod.run_unit(config, mod.RUN / "n8", kept / "data" / "n8", [1, 2], ["--max_triplets", "8"], ["dpo"], jobs=2)
