@@ -213,6 +213,8 @@ def _plots(data: dict, drift: dict) -> list[str]:
 
 
 def write_study_report() -> dict:
+    from study_finals import final_models
+
     from dpo_retrieval.experiment.report import write_report
 
     p = S.plan()
@@ -227,9 +229,7 @@ def write_study_report() -> dict:
     harm = harm_tests(results, TEST, [m for m in p["dpo_models"] if m in models], best_c) if best_c else {}
     data = data_section(p, finals, sha)
     drift = drift_section(finals)
-    from study_finals import final_models  # every report name final.yaml asks for, each at every seed
-
-    expected = final_models(config) if config.exists() else list(finals["models"])
+    expected = final_models(config) if config.exists() else list(finals["models"])  # every name, every seed
     complete = bool(expected) and all(set(p["seeds"]) <= set(finals["models"].get(m, {})) for m in expected)
     tuning = {path.stem[5:]: {"points": len(s.get("points", [])), "best": s.get("best"),
                               "best_fast_dev_ndcg@10": max((r["fast_dev"]["ndcg@10"] for r in s.get("points", [])),
