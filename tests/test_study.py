@@ -144,6 +144,8 @@ def test_report_picks_best_contrastive_on_dev_and_judges_the_criteria(study):
     out = rep.write_study_report()
     assert [r["beta"] for r in out["drift"]["tuning_points"]] == [0.3, 0.3, 1.0, 1.0, 3.0, 3.0]
     assert out["tuning"]["dpo"]["points"] == 6 and (kept / "drift_vs_beta.png").exists()
+    t = out["tuning"]["dpo"]  # unfinished (no best yet): the best row so far, its options in the table
+    assert not t["finished"] and t["best_options"]["beta"] in (0.3, 1.0, 3.0) and t["best_fast_dev_ndcg@10"] == 0.66
     assert out["final"]["best_contrastive"] == "cmnrl"
     assert out["complete"] and out["verdicts"]["provisional"] is False  # seeds 1-3 = the plan's
     comps = out["final"]["comparisons"]["scifact"]
@@ -158,6 +160,7 @@ def test_report_picks_best_contrastive_on_dev_and_judges_the_criteria(study):
     assert rows[(64, "dpo")]["seeds"] == [1, 2] and rows[("all", "dpo")]["seeds"] == [1, 2]  # data_seeds only
     md = (rep.OUT / "study_scifact.results.md").read_text()
     assert "sdpo − cmnrl" in md and "holds" in md
+    assert "| dpo | 6 | no | 0.6600 | loss dpo, beta 0.3, learning_rate 2e-05 |" in md
     # a final.yaml model with no export at all leaves the finals incomplete (the verdicts provisional)
     mod = sys.modules["study"]
     config = mod.CONFIGS / "final.yaml"
