@@ -233,6 +233,21 @@ def _options(options: dict | None) -> str:
                      if _SHARED.get(k, object()) != v)
 
 
+def best_per_model() -> dict:
+    """Each final model's best fast dev row so far over its sweeps (study_freeze.FINALS, what freeze takes once
+    every sweep is finished): ``{model: {"fast_dev": score, "options": ..., "finished": all its sweeps ran}}``."""
+    from study_freeze import FINALS
+
+    out = {}
+    for name, (sweeps, keep) in FINALS.items():
+        recorded = [json.loads(f.read_text()) for sw in sweeps if (f := S.KEPT / f"tune_{sw}.json").exists()]
+        rows = [r for rec in recorded for r in rec.get("points", []) if keep(r["options"])]
+        top = max(rows, key=lambda r: r["fast_dev"]["ndcg@10"], default=None)
+        out[name] = {"fast_dev": top["fast_dev"]["ndcg@10"] if top else None, "options": top["options"] if top else None,
+                     "finished": len(recorded) == len(sweeps) and all(rec.get("best") for rec in recorded)}
+    return out
+
+
 def write_study_report() -> dict:
     from study_finals import final_models
 
@@ -253,7 +268,9 @@ def write_study_report() -> dict:
     expected = final_models(config) if config.exists() else list(finals["models"])  # every name, every seed
     complete = bool(expected) and all(set(p["seeds"]) <= set(finals["models"].get(m, {})) for m in expected)
     tuning = {path.stem[5:]: tuning_entry(json.loads(path.read_text())) for path in sorted(S.KEPT.glob("tune_*.json"))}
+    per_model = best_per_model()
     out = {"command": "python scripts/study.py report", "plan": str(S.CONFIGS / "study.yaml"), "tuning": tuning,
+           "best_dev_per_model": per_model,
            "final": {"best_contrastive": best_c, "seeds": {m: sorted(s) for m, s in finals["models"].items()},
                      "report": str(S.KEPT / "final_report" / "report.json"),
                      "rows": {ds: d["rows"] for ds, d in report["datasets"].items()},
@@ -280,6 +297,11 @@ def render(out: dict) -> str:
               "| sweep | points | finished | best fast dev | its options |", "|---|---:|---|---:|---|"]
     lines += [f"| {k} | {v['points']} | {'yes' if v.get('finished') else 'no'} | {_f(v['best_fast_dev_ndcg@10'])} | "
               f"{_options(v.get('best_options'))} |" for k, v in out["tuning"].items()]
+    if out.get("best_dev_per_model"):
+        lines += ["", "Each final model's best point so far over its sweeps (what `freeze` takes once they are finished):",
+                  "", "| model | sweeps finished | best fast dev | its options |", "|---|---|---:|---|"]
+        lines += [f"| {m} | {'yes' if v['finished'] else 'no'} | {_f(v['fast_dev'])} | {_options(v['options'])} |"
+                  for m, v in out["best_dev_per_model"].items()]
     fin = out["final"]
     for ds, rows in fin["rows"].items():
         lines += ["", f"## Finals: {ds} (mean ± std over seeds)", "", "| model | seeds | nDCG@10 | harm rate |",

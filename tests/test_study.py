@@ -161,6 +161,8 @@ def test_report_picks_best_contrastive_on_dev_and_judges_the_criteria(study):
     md = (rep.OUT / "study_scifact.results.md").read_text()
     assert "sdpo − cmnrl" in md and "holds" in md
     assert "| dpo | 6 | no | 0.6600 | loss dpo, beta 0.3, learning_rate 2e-05 |" in md
+    assert out["best_dev_per_model"]["dpo"] == {"fast_dev": 0.66, "options": t["best_options"], "finished": False}
+    assert out["best_dev_per_model"]["mnrl"]["fast_dev"] is None
     # a final.yaml model with no export at all leaves the finals incomplete (the verdicts provisional)
     mod = sys.modules["study"]
     config = mod.CONFIGS / "final.yaml"
