@@ -123,8 +123,9 @@ def confirm_points(confirm: dict, fixed: dict) -> list[dict]:
 
 
 #: amendment 3: each variant's own parameter as listed in the plan (its ends), and the one point screened beyond
-#: each end when the best lies there (once: a best at the point beyond is not extended again)
-VARIANT_ENDS = {"mnrl_weight": ((0.25, 0.1), (0.75, 0.9)), "sdpo_gamma": ((0.25, 0.125), (1.0, 2.0)),
+#: each end when the best lies there (once: a best at the point beyond is not extended again); sdpo's gamma 1.0 is
+#: the bound of its range [0, 1] (full subtraction of the reference's scores): nothing lies beyond it
+VARIANT_ENDS = {"mnrl_weight": ((0.25, 0.1), (0.75, 0.9)), "sdpo_gamma": ((0.25, 0.125),),
                 "hinge_margin": ((0.5, 0.25), (2.0, 4.0))}
 
 
