@@ -318,8 +318,8 @@ def test_confirm_trains_each_screened_best_at_the_full_budget(study, tmp_path, m
         spec = yaml.safe_load(mod.resolved_grid("dpo_confirm").read_text())
         assert {"loss": "dpo+mnrl", "mnrl_weight": 0.75 if score < 0.73 else 0.9} in spec["points"]
         assert {"loss_type": "hinge", "hinge_margin": 0.25} in spec["points"]
-    sweep("variants", [({"loss": "dpo+mnrl", "mnrl_weight": 0.5}, 0.72), ({"loss": "sdpo", "sdpo_gamma": 0.5}, 0.68),
-                       ({"loss_type": "hinge", "hinge_margin": 0.5}, 0.69)])
+    sweep("variants", [({"loss": "dpo+mnrl", "mnrl_weight": 0.5}, 0.72), ({"loss": "sdpo", "sdpo_gamma": 1.0}, 0.68),
+                       ({"loss_type": "hinge", "hinge_margin": 0.5}, 0.69)])  # sdpo's gamma 1: its range's bound
     with pytest.raises(SystemExit, match=r"dpo-hinge: its best screened hinge_margin \(0.5\) .* add \{hinge_margin: 0.25\}"):
         mod.resolved_grid("dpo_confirm")
     (configs / "tune_dpo_confirm.yaml").write_text(yaml.safe_dump({"dataset": "scifact", "base_on": ["dpo"],
