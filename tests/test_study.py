@@ -468,16 +468,23 @@ def _fake_compare(monkeypatch, mod, tmp_path, calls: list) -> None:
     monkeypatch.setattr(mod, "_cli", cli)
 
 
-def test_run_unit_trains_only_the_missing_losses_of_each_seed(study, tmp_path, monkeypatch):
-    """One compare call per seed and loss with a missing export (the loss or one of its WiSE-FT
-    names, or one from another config); what is recorded is never exported over; nothing missing: no call."""
+def _two_losses(study, tmp_path, monkeypatch) -> tuple[list, Path, Path]:
+    """The fake compare (:func:`_fake_compare`) on a final.yaml of mnrl (with WiSE-FT 0.5) and dpo: ``(calls,
+    config, the finals' export folder)``."""
     mod, _, kept, configs = study
     calls = []
     _fake_compare(monkeypatch, mod, tmp_path, calls)
     config = configs / "final.yaml"
     config.write_text(yaml.safe_dump({"losses": ["mnrl", "dpo"], "variants": {
         "mnrl": {"loss": "contrastive", "wise_ft": [0.5]}, "dpo": {"beta": 0.5}}}))
-    final = kept / "final"
+    return calls, config, kept / "final"
+
+
+def test_run_unit_trains_only_the_missing_losses_of_each_seed(study, tmp_path, monkeypatch):
+    """One compare call per seed and loss with a missing export (the loss or one of its WiSE-FT
+    names, or one from another config); what is recorded is never exported over; nothing missing: no call."""
+    mod, _, kept, configs = study
+    calls, config, final = _two_losses(study, tmp_path, monkeypatch)
     mod.run_unit(config, mod.RUN / "final", final, [1, 2], [], ["mnrl", "dpo"])
     assert calls == [(None, 1, ["mnrl"]), (None, 1, ["dpo"]), (None, 2, ["mnrl"]), (None, 2, ["dpo"])]
     assert sorted(p.relative_to(final).as_posix() for p in final.rglob("*.json")) == sorted(
@@ -518,12 +525,7 @@ def test_jobs_run_units_side_by_side_each_in_its_own_run_directory(study, tmp_pa
     in its own run directory (job 1 in a copy of the mining), each unit logged; every export lands. A failing unit
     stops the rest and is raised."""
     mod, _, kept, configs = study
-    calls = []
-    _fake_compare(monkeypatch, mod, tmp_path, calls)
-    config = configs / "final.yaml"
-    config.write_text(yaml.safe_dump({"losses": ["mnrl", "dpo"], "variants": {
-        "mnrl": {"loss": "contrastive", "wise_ft": [0.5]}, "dpo": {"beta": 0.5}}}))
-    final = kept / "final"
+    calls, config, final = _two_losses(study, tmp_path, monkeypatch)
     (mod.RUN / "final" / "mine").mkdir(parents=True)  # as compare leaves it: job 1 starts from a copy of it
     (mod.RUN / "final" / "mine" / "triplets.jsonl").write_text("{}\n")
     mod.run_unit(config, mod.RUN / "final", final, [1, 2, 3], [], ["mnrl", "dpo"], jobs=2)
