@@ -633,8 +633,8 @@ def test_data_runs_the_plans_models_first_and_adds_the_best_variant_after_the_fi
 
 def test_finals_and_data_units_end_to_end(study, tmp_path, tiny_model_path, monkeypatch):
     """run_unit on a tiny BEIR set and model: one compare call per missing seed and loss, each exported (base, each
-    variant, the WiSE-FT model) under the config's identity; a second call runs nothing; a data-size unit
-    with the variants' WiSE-FT dropped exports only what it trained."""
+    variant, the WiSE-FT model) under the config's identity; a second call runs nothing; data-size units
+    with the variants' WiSE-FT dropped, two jobs side by side, export only what they trained."""
     from test_compare import write_tiny_beir
 
     mod, _, kept, configs = study
@@ -669,10 +669,12 @@ def test_finals_and_data_units_end_to_end(study, tmp_path, tiny_model_path, monk
     mod.run_unit(config, mod.RUN / "final", kept / "final", [2, 3], [], ["mnrl", "dpo"])  # all recorded
     monkeypatch.setattr(mod, "_cli", real_cli)
     no_wise = json.dumps({"mnrl": {"loss": "contrastive"}, "dpo": {"beta": 0.5}})
-    mod.run_unit(config, mod.RUN / "n8", kept / "data" / "n8", [2], ["--max_triplets", "8", "--variants", no_wise],
-                 ["mnrl"])
+    mod.run_unit(config, mod.RUN / "n8", kept / "data" / "n8", [2, 3], ["--max_triplets", "8", "--variants", no_wise],
+                 ["mnrl"], jobs=2)  # two compare processes: n8 (a copy of the finals' mining) and n8.job1
     got = sorted(p.relative_to(kept / "data" / "n8").as_posix() for p in (kept / "data" / "n8").rglob("*.json"))
-    assert got == ["base.json", "mnrl/seed2.json"]
+    assert got == ["base.json", "mnrl/seed2.json", "mnrl/seed3.json"]
+    assert (mod.RUN / "n8.job1" / "eval" / "mnrl-seed3").is_dir() or (mod.RUN / "n8.job1" / "eval" / "mnrl-seed2").is_dir()
+    assert json.loads((kept / "data" / "n8" / "mnrl" / "seed3.json").read_text())["train_key"]["seed"] == 3
 
 
 def test_the_edge_rule_stops_a_sweep_built_on_an_edge_best(study):
