@@ -27,6 +27,37 @@ FINAL_RUN = {"dataset": "scifact", "preset": "full", "train_max_seq_length": 128
              "num_train_epochs": 1.0, "warmup_steps": 0.1, "seed": 42, "precision": "fp32",
              "eval_datasets": ["dbpedia-entity-5k"]}
 _SWEEP_ONLY = {"max_seq_length", "seed", "loss", "negatives"}
+#: amendment 5: the most epochs the plan gives every family, and the one point screened beyond it
+EPOCHS_END, EPOCHS_BEYOND = 3, 4
+#: the sweep that holds a final model's point beyond EPOCHS_END (amendment 5), run only for a model whose best is there
+EPOCHS_SWEEPS = {"mnrl": "contrastive_epochs4", "cmnrl": "cmnrl_epochs4", "dpo": "dpo_epochs4",
+                 "dpo-mnrl": "dpo_epochs4", "sdpo": "dpo_epochs4", "dpo-hinge": "dpo_epochs4"}
+
+
+def model_sweeps(name: str) -> list[str]:
+    """The sweeps final model ``name``'s best dev point is taken from: :data:`FINALS`' and, once recorded, its
+    epochs-beyond sweep (:data:`EPOCHS_SWEEPS`)."""
+    extra = EPOCHS_SWEEPS.get(name)
+    return FINALS[name][0] + ([extra] if extra and (S.KEPT / f"tune_{extra}.json").exists() else [])
+
+
+def epochs_edge(name: str, best: dict) -> str | None:
+    """Amendment 5: what final model ``name`` still needs when ``best`` (its best dev row) trains
+    :data:`EPOCHS_END` epochs and none of its rows trains :data:`EPOCHS_BEYOND` (a line saying which point to
+    add where); else None (a best at the point beyond is not extended again)."""
+    import json
+
+    if best["options"].get("num_train_epochs") != EPOCHS_END:
+        return None
+    keep = FINALS[name][1]
+    for sweep in model_sweeps(name):
+        path = S.KEPT / f"tune_{sweep}.json"
+        rows = json.loads(path.read_text()).get("points", []) if path.exists() else []
+        if any(keep(r["options"]) and r["options"].get("num_train_epochs") == EPOCHS_BEYOND for r in rows):
+            return None
+    return (f"its best trains {EPOCHS_END} epochs, the most the plan gives: add its best point at "
+            f"{{num_train_epochs: {EPOCHS_BEYOND}}} to configs/study/tune_{EPOCHS_SWEEPS[name]}.yaml (amendment 5 of "
+            f"study_scifact.md) and run `python scripts/study.py tune {EPOCHS_SWEEPS[name]}`")
 
 
 def variant_of(options: dict) -> dict:
@@ -55,24 +86,30 @@ def final_run(variants: dict) -> dict:
 
 def freeze(force: bool = False) -> Path:
     """configs/study/final.yaml from the best dev point of each model's sweeps (WiSE-FT 0.5 of mnrl), with only
-    the DPO variant best on dev (:data:`VARIANTS`, amendment 4); every sweep must have run to its end. An existing
-    final.yaml (the config the finals are judged by) is kept unless ``force``."""
+    the DPO variant best on dev (:data:`VARIANTS`, amendment 4); every sweep must have run to its end, and a kept
+    model whose best trains the most epochs the plan gives must have its point beyond (:func:`epochs_edge`,
+    amendment 5). An existing final.yaml (the config the finals are judged by) is kept unless ``force``."""
     import yaml
 
     path = S.CONFIGS / "final.yaml"
     if path.exists() and not force:
         raise SystemExit(f"freeze: {path} exists (the finals' config); --force replaces it")
     variants, dev = {}, {}
-    for name, (sweeps, keep) in FINALS.items():
+    for name, (_, keep) in FINALS.items():
         try:
-            best = S.best_point(sweeps, keep)
+            best = S.best_point(model_sweeps(name), keep)
         except SystemExit as err:
             raise SystemExit(f"freeze: {name}: {err}") from None
-        variants[name], dev[name] = variant_of(best["options"]), best["fast_dev"]["ndcg@10"]
+        variants[name], dev[name] = best["options"], best["fast_dev"]["ndcg@10"]
     chosen = max(VARIANTS, key=lambda m: dev[m])
     for name in VARIANTS:
         if name != chosen:
             del variants[name]
+    for name, options in variants.items():
+        edge = epochs_edge(name, {"options": options})
+        if edge:
+            raise SystemExit(f"freeze: {name}: {edge}")
+        variants[name] = variant_of(options)
     variants["mnrl"]["wise_ft"] = [0.5]
     header = (f"# the finals' compare config, written by `python scripts/study.py freeze` (commit {S._commit()}) from\n"
               "# the best fast-dev point of each model's sweeps in benchmarks/results/study/tune_*.json; the DPO\n"

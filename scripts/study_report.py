@@ -236,10 +236,11 @@ def _options(options: dict | None) -> str:
 def best_per_model() -> dict:
     """Each final model's best fast dev row so far over its sweeps (study_freeze.FINALS, what freeze takes once
     every sweep is finished): ``{model: {"fast_dev": score, "options": ..., "finished": all its sweeps ran}}``."""
-    from study_freeze import FINALS
+    from study_freeze import FINALS, model_sweeps
 
     out = {}
-    for name, (sweeps, keep) in FINALS.items():
+    for name, (_, keep) in FINALS.items():
+        sweeps = model_sweeps(name)
         recorded = [json.loads(f.read_text()) for sw in sweeps if (f := S.KEPT / f"tune_{sw}.json").exists()]
         rows = [r for rec in recorded for r in rec.get("points", []) if keep(r["options"])]
         top = max(rows, key=lambda r: r["fast_dev"]["ndcg@10"], default=None)

@@ -230,6 +230,13 @@ def test_freeze_writes_the_finals_config_from_the_best_dev_points(study, tmp_pat
                                               "per_device_train_batch_size": 128, "mini_batch_size": 32}, 0.665),
                                    ("dpo", {"loss": "dpo", "learning_rate": 5e-5, "beta": 0.3}, 0.67)):
         sweep(f"{family}_negatives", [({**options, "negatives": 2}, score), ({**options, "negatives": 4}, score - 0.01)])
+    # amendment 5: mnrl's best trains 3 epochs, the most the plan gives: its point at 4 epochs comes first
+    with pytest.raises(SystemExit, match=r"freeze: mnrl: its best trains 3 epochs.*num_train_epochs: 4.*"
+                                         r"tune_contrastive_epochs4\.yaml"):
+        mod.freeze()
+    assert not (configs / "final.yaml").exists()
+    sweep("contrastive_epochs4", [({"loss": "contrastive", "learning_rate": 1e-4, "mnrl_scale": 20,
+                                    "num_train_epochs": 4}, 0.688)])  # recorded, below 3 epochs: 3 stays
     cfg = yaml.safe_load(mod.freeze().read_text())
     v = cfg["variants"]
     # no family's best trains on more than one negative: the config is the one before the option existed
@@ -262,6 +269,9 @@ def test_freeze_writes_the_finals_config_from_the_best_dev_points(study, tmp_pat
     args = parse_command("compare", ["--output", str(tmp_path / "run")], dict(cfg))[0]
     assert (args.mining.negatives, args.train_negatives) == (4, 1)
     check_options(args)
+    sweep("contrastive_epochs4", [({"loss": "contrastive", "learning_rate": 1e-4, "mnrl_scale": 20,
+                                    "num_train_epochs": 4}, 0.7)])  # the point beyond wins: it is taken, not extended
+    assert yaml.safe_load(mod.freeze(force=True).read_text())["variants"]["mnrl"]["num_train_epochs"] == 4
     (kept / "tune_dpo_negatives.json").unlink()
     with pytest.raises(SystemExit, match="freeze: dpo: needs the sweep dpo_negatives run to its end"):
         mod.freeze(force=True)
