@@ -31,7 +31,7 @@ _SWEEP_ONLY = {"max_seq_length", "seed", "loss", "negatives"}
 EPOCHS_END, EPOCHS_BEYOND = 3, 4
 #: the sweep that holds a final model's point beyond EPOCHS_END (amendment 5), run only for a model whose best is there
 EPOCHS_SWEEPS = {"mnrl": "contrastive_epochs4", "cmnrl": "cmnrl_epochs4", "dpo": "dpo_epochs4",
-                 "dpo-mnrl": "dpo_epochs4", "sdpo": "dpo_epochs4", "dpo-hinge": "dpo_epochs4"}
+                 "dpo-mnrl": "variant_epochs4", "sdpo": "variant_epochs4", "dpo-hinge": "variant_epochs4"}
 
 
 def model_sweeps(name: str) -> list[str]:
