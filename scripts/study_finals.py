@@ -237,7 +237,7 @@ def run_one(unit: Unit, where: Path, log: Path | None = None, threads: int | Non
     S._cli(*args, log=log, threads=threads)
     S.check_triplets(where / "mine" / "triplets.jsonl", what=str(where))
     export_run(where, unit.kept, config_sha=S.config_sha(unit.config), seeds=[unit.seed], models=new,
-               drift_pool=S._drift_pool())
+               drift_pool=S._drift_pool() if unit.kept == S.KEPT / "final" else None)  # the protocol: finals only
     if log:
         print(f"{unit.kept}: seed {unit.seed}: {unit.loss} done", flush=True)
 

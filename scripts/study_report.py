@@ -250,7 +250,7 @@ def best_per_model() -> dict:
 
 
 def write_study_report() -> dict:
-    from study_finals import final_models
+    from study_finals import data_models, final_models
 
     from dpo_retrieval.experiment.report import write_report
 
@@ -267,7 +267,12 @@ def write_study_report() -> dict:
     data = data_section(p, finals, sha)
     drift = drift_section(finals)
     expected = final_models(config) if config.exists() else list(finals["models"])  # every name, every seed
-    complete = bool(expected) and all(set(p["seeds"]) <= set(finals["models"].get(m, {})) for m in expected)
+    finals_done = bool(expected) and all(set(p["seeds"]) <= set(finals["models"].get(m, {})) for m in expected)
+    # criterion (b) and the data section's Holm family need every data run too, the variant's included
+    seeds_at = {(r["size"], r["model"]): set(r["seeds"]) for r in data["rows"]}
+    data_done = all(set(p["data_seeds"]) <= seeds_at.get((n, m), set())
+                    for n in p["data_sizes"] for m in (data_models(p) if config.exists() else p["data_models"]))
+    complete = finals_done and data_done
     tuning = {path.stem[5:]: tuning_entry(json.loads(path.read_text())) for path in sorted(S.KEPT.glob("tune_*.json"))}
     per_model = best_per_model()
     out = {"command": "python scripts/study.py report", "plan": str(S.CONFIGS / "study.yaml"), "tuning": tuning,
@@ -277,7 +282,8 @@ def write_study_report() -> dict:
                      "rows": {ds: d["rows"] for ds, d in report["datasets"].items()},
                      "comparisons": {ds: d["comparisons"] for ds, d in report["datasets"].items()}},
            "harm_vs_best_contrastive": harm, "data_efficiency": data, "drift": drift,
-           "complete": complete, "stale_exports_left_out": finals["stale"],
+           "complete": complete, "finals_complete": finals_done, "data_complete": data_done,
+           "stale_exports_left_out": finals["stale"],
            "verdicts": ({**verdicts(report, harm, data, p["dpo_models"], best_c), "provisional": not complete}
                         if finals["models"] else None),
            "plots": _plots(data, drift)}
@@ -321,7 +327,8 @@ def render(out: dict) -> str:
               for r in out["data_efficiency"]["rows"]]
     v = out.get("verdicts")
     if v:
-        state = "PROVISIONAL: not every final seed is recorded" if v.get("provisional") else "all final seeds"
+        state = ("PROVISIONAL: not every final and data-efficiency seed is recorded" if v.get("provisional")
+                 else "all final and data-efficiency seeds")
         lines += ["", f"## Criteria ({state}; best contrastive model, chosen on dev: {v['best_contrastive']})", ""]
         lines += [f"- {k}: {'holds' if x['holds'] else 'does not hold'} {x['models'] or ''}"
                   for k, x in v.items() if isinstance(x, dict) and "holds" in x]

@@ -80,6 +80,8 @@ def test_compare_end_to_end_then_skips_every_stage(tmp_path, tiny_model_path, ca
         judged = corpus[qrels[queries[t["anchor"]]]]
         assert t["positive"] == f"{judged['title']} {judged['text']}" != t["negative_1"]
 
+    # a finished training keeps its model, not its checkpoints (the trainer saves one at the last step)
+    assert not [p for p in (out / "models").glob("*/checkpoints")]
     # Re-run: every stage is up to date, nothing is retrained or re-encoded.
     model_file = out / "models" / "dpo" / "model.safetensors"
     before = {p: p.stat().st_mtime_ns for p in [model_file, *out.glob("eval/*/*.json"), *out.glob("embeddings/*/*.npy")]}

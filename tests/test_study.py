@@ -148,6 +148,12 @@ def test_report_picks_best_contrastive_on_dev_and_judges_the_criteria(study):
     assert not t["finished"] and t["best_options"]["beta"] in (0.3, 1.0, 3.0) and t["best_fast_dev_ndcg@10"] == 0.66
     assert out["final"]["best_contrastive"] == "cmnrl"
     assert out["complete"] and out["verdicts"]["provisional"] is False  # seeds 1-3 = the plan's
+    (kept / "data" / "n64" / "dpo" / "seed2.json").rename(kept / "seed2.json")  # a data run missing: provisional
+    out = rep.write_study_report()
+    assert out["finals_complete"] and not out["data_complete"] and out["verdicts"]["provisional"] is True
+    (kept / "seed2.json").rename(kept / "data" / "n64" / "dpo" / "seed2.json")
+    out = rep.write_study_report()
+    assert out["complete"] and out["verdicts"]["provisional"] is False
     comps = out["final"]["comparisons"]["scifact"]
     assert {(c["a"], c["b"]) for c in comps} == {(m, "base") for m in shifts} | {
         (m, "cmnrl") for m in ("mnrl", "dpo", "sdpo")}
@@ -587,6 +593,8 @@ def test_data_runs_the_plans_models_first_and_adds_the_best_variant_after_the_fi
     mod, rep, kept, configs = study
     calls = []
     _fake_compare(monkeypatch, mod, tmp_path, calls)
+    # the protocol's drift is the tuning points' and the final models': a data run's model is not scored for it
+    monkeypatch.setattr(mod, "_drift_pool", lambda: pytest.fail("a data unit asked for the drift pool"))
     (configs / "study.yaml").write_text(yaml.safe_dump({
         "fast_depth": 20, "seeds": [1, 2, 3], "data_sizes": [128, 64], "data_seeds": [1, 2],
         "data_models": ["mnrl", "dpo"], "contrastive_models": ["mnrl", "cmnrl"],

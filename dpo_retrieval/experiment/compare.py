@@ -200,6 +200,9 @@ def run_compare(cfg: CompareArgs) -> dict:
                 train(dataclasses.replace(inputs, resume=resume), targs, dpo, reference_cache=run / "reference_cache")
                 summary = json.loads((out / "train_summary.json").read_text())
                 stage.finish(train_seconds=summary["train_seconds"], steps=summary["steps"])
+                # a finished training resumes nothing (a changed key retrains from scratch): its checkpoints, each
+                # the model plus the optimiser's state, would only fill the disk over a study's many trainings
+                shutil.rmtree(out / "checkpoints", ignore_errors=True)
             train_times[name] = stage.info().get("train_seconds")
             for alpha in own.wise_ft:  # WiSE-FT: the trained weights interpolated with the base's
                 merged = wise_ft_name(name, alpha)
