@@ -263,7 +263,8 @@ def test_freeze_writes_the_finals_config_from_the_best_dev_points(study, tmp_pat
     args = parse_command("compare", ["--output", str(tmp_path / "run")],
                          {k: x for k, x in cfg.items()})[0]
     check_options(args)  # every variant is a valid compare variant
-    assert mod.final_models(configs / "final.yaml") == ["mnrl", "mnrl-wiseft0.5", "cmnrl", "dpo", "dpo-hinge"]
+    assert mod.final_models(configs / "final.yaml") == ["mnrl", "mnrl-wiseft0.5", "cmnrl", "cmnrl-wiseft0.5", "dpo",
+                                                        "dpo-hinge"]  # amendment 6: WiSE-FT of both contrastive models
     with pytest.raises(SystemExit, match="exists .* --force replaces it"):
         mod.freeze()  # the finals' config is never replaced by accident
     # DPO's best is now 4 negatives: the finals mine 4 per positive and every other model trains on the first
