@@ -109,3 +109,32 @@ class atomic_directory:
         os.replace(self.tmp, t)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def hold_lock(path: str | os.PathLike, *, what: str = "another process") -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block, or fail at once.
+
+    ``flock`` on Linux and macOS: the kernel releases it when the holder exits, so a killed run leaves no
+    stale lock and the next one simply resumes. Where ``fcntl`` is missing (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(path)
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise UserInputError.at(path.parent, None, f"{what} is already running here (pid {holder}, lock "
+                                                       f"{path.name}); wait for it or use another output") from None
+        try:
+            f.truncate(0)
+            f.write(str(os.getpid()))
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

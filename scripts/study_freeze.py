@@ -20,8 +20,6 @@ FINALS = {
 }
 #: the final models tune_dpo_confirm may confirm (amendment 2)
 DPO_FAMILY = ("dpo", "dpo-mnrl", "sdpo", "dpo-hinge")
-#: the contrastive final models (study.yaml's contrastive_models); each gets WiSE-FT 0.5 (amendment 6)
-CONTRASTIVE = ("mnrl", "cmnrl")
 #: the DPO variants: only the one best on dev (over its screening and confirmation) enters the finals (amendment 4)
 VARIANTS = ("dpo-mnrl", "sdpo", "dpo-hinge")
 #: the run-level settings every final shares (compare's names); a variant holds what its tuning changed
@@ -88,7 +86,7 @@ def final_run(variants: dict) -> dict:
 
 def freeze(force: bool = False) -> Path:
     """configs/study/final.yaml from the best dev point of each model's sweeps (WiSE-FT 0.5 of each contrastive
-    model, :data:`CONTRASTIVE`), with only
+    model, study.yaml's ``contrastive_models``: amendment 6), with only
     the DPO variant best on dev (:data:`VARIANTS`, amendment 4); every sweep must have run to its end, and a kept
     model whose best trains the most epochs the plan gives must have its point beyond (:func:`epochs_edge`,
     amendment 5). An existing final.yaml (the config the finals are judged by) is kept unless ``force``."""
@@ -113,7 +111,7 @@ def freeze(force: bool = False) -> Path:
         if edge:
             raise SystemExit(f"freeze: {name}: {edge}")
         variants[name] = variant_of(options)
-    for name in CONTRASTIVE:  # "the best contrastive model" is chosen on dev over the finals' seeds: both get one
+    for name in S.plan()["contrastive_models"]:  # "the best contrastive model" is chosen on dev over the finals' seeds: both get one
         variants[name]["wise_ft"] = [0.5]
     header = (f"# the finals' compare config, written by `python scripts/study.py freeze` (commit {S._commit()}) from\n"
               "# the best fast-dev point of each model's sweeps in benchmarks/results/study/tune_*.json; the DPO\n"

@@ -115,6 +115,22 @@ def test_compare_bad_dataset_fails_before_writing(tmp_path, tiny_model_path, cap
     assert not out.exists()
 
 
+def test_compare_refuses_a_run_directory_another_compare_holds(tmp_path, tiny_model_path, capsys):
+    from dpo_retrieval._io import hold_lock
+
+    data = write_tiny_beir(tmp_path / "tiny")
+    out = tmp_path / "run"
+    out.mkdir()
+    with hold_lock(out / "compare.lock", what="a compare"):  # another open file: flock conflicts as across processes
+        assert main(compare_args(tiny_model_path, data, out)) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the datasets' loading bars
+    assert "already running" in last and str(out) in last
+    assert sorted(p.name for p in out.iterdir()) == ["compare.lock"]  # nothing written beside the lock
+    # a lock file left by a killed run holds nothing: the next one takes it
+    with hold_lock(out / "compare.lock"):
+        pass
+
+
 def test_stage_records_hash_and_status(tmp_path):
     stage = Stage(tmp_path / "x.stage.json", {"a": 1})
     assert not stage.done() and not stage.started_same()

@@ -25,7 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
-from dpo_retrieval._io import write_json
+from dpo_retrieval._io import hold_lock, write_json
 from dpo_retrieval.errors import UserInputError
 from dpo_retrieval.experiment.compare_args import (  # noqa: F401  (re-exported: compare's options live there)
     DPO_ONLY, LOSS_FIELDS, METRIC_NAMES, PRESETS, CompareArgs, loss_settings, training_seeds)
@@ -107,14 +107,7 @@ def run_compare(cfg: CompareArgs) -> dict:
     the model's weights (the base by a hash of its files, a trained model by its training stage's
     hash), the resolved precision, a hash of the texts and the package version."""
     from dpo_retrieval.data.beir import load_beir
-    from dpo_retrieval.data.triplets import load_triplets, save_triplets
-    from dpo_retrieval.evaluation.evaluate import evaluate_model
-    from dpo_retrieval.experiment.report import write_report
-    from dpo_retrieval.mining import mine, overlapping_queries, subset_queries
-    from dpo_retrieval.models import load_model, resolve_model_path
-    from dpo_retrieval.retrieval.cache import corpus_digest, encoding_key, model_id, texts_digest
-    from dpo_retrieval.training import train
-    from dpo_retrieval.training.merge import merge_models
+    from dpo_retrieval.models import resolve_model_path
 
     plan = {name: variant_config(cfg, name) for name in cfg.losses}  # name -> (loss, its resolved options)
     cfg, precision = check_options(cfg)
@@ -126,6 +119,23 @@ def run_compare(cfg: CompareArgs) -> dict:
     test_sets = [load_beir(cfg.dataset, "test")] + [load_beir(d, "test") for d in cfg.eval_datasets]
     base_path = resolve_model_path(cfg.model)
     run.mkdir(parents=True, exist_ok=True)
+    # one compare per run directory: a second one would retrain and rewrite the same stages beside the first
+    with hold_lock(run / "compare.lock", what="a compare"):
+        return _run_stages(cfg, plan, precision, seeds, run, started, train_split, test_sets, base_path)
+
+
+def _run_stages(cfg: CompareArgs, plan: dict, precision: str, seeds: list[int], run: Path, started: float,
+                train_split, test_sets: list, base_path: str) -> dict:
+    """``run_compare``'s stages (mine, triplets, train, evaluate, report), run under the run directory's lock."""
+    from dpo_retrieval.data.triplets import load_triplets, save_triplets
+    from dpo_retrieval.evaluation.evaluate import evaluate_model
+    from dpo_retrieval.experiment.report import write_report
+    from dpo_retrieval.mining import mine, overlapping_queries, subset_queries
+    from dpo_retrieval.models import load_model
+    from dpo_retrieval.retrieval.cache import corpus_digest, encoding_key, model_id, texts_digest
+    from dpo_retrieval.training import train
+    from dpo_retrieval.training.merge import merge_models
+
     write_json({**dataclasses.asdict(cfg), "seeds": list(seeds)}, run / "config.json", default=str)
     digests: dict[str, str] = {}
 
