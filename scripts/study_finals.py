@@ -98,9 +98,27 @@ def final_models(config: Path, losses: list[str] | None = None, extra: list[str]
     return names
 
 
+SEEDED = ("mine", "mine.stage.json", "file_hashes.json", "embeddings/base", "eval/base")
+
+
+def mined(run: Path) -> bool:
+    """Whether run directory ``run`` holds a finished mining (its stage marker says done)."""
+    try:
+        return json.loads((run / "mine.stage.json").read_text()).get("status") == "done"
+    except (OSError, ValueError):
+        return False
+
+
 def seed_run_dir(src: Path, dst: Path) -> None:
-    """Start ``dst`` from ``src``'s mining and base evaluation (their stage keys do not hold the path)."""
-    for rel in ("mine", "mine.stage.json", "file_hashes.json", "embeddings/base", "eval/base"):
+    """Start ``dst`` from ``src``'s mining and base evaluation (their stage keys do not hold the path); a copy
+    whose mining is not ``src``'s finished one (an older key, a mining cut off) is replaced: it would mine
+    again beside ``src``."""
+    if mined(src) and (dst / "mine.stage.json").exists() and \
+            (dst / "mine.stage.json").read_bytes() != (src / "mine.stage.json").read_bytes():
+        for rel in SEEDED:
+            d = dst / rel
+            shutil.rmtree(d) if d.is_dir() else d.unlink(missing_ok=True)
+    for rel in SEEDED:
         s, d = src / rel, dst / rel
         if s.exists() and not d.exists():
             d.parent.mkdir(parents=True, exist_ok=True)
@@ -170,7 +188,7 @@ def run_units(units: list[Unit], jobs: int = 1) -> None:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     units = list(units)
     for out in dict.fromkeys(u.out for u in units):
-        if not (out / "mine" / "triplets.jsonl").exists():  # its mining and base evaluation, once, alone
+        if not mined(out):  # its mining and base evaluation, once, alone (a stale one is redone there too)
             first = next(u for u in units if u.out == out)
             units.remove(first)
             run_one(first, out, threads=os.cpu_count() or 1)

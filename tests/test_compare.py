@@ -131,6 +131,23 @@ def test_compare_refuses_a_run_directory_another_compare_holds(tmp_path, tiny_mo
         pass
 
 
+def test_dataset_stamp_is_the_files_content_not_their_mtime(tmp_path):
+    import os
+
+    from dpo_retrieval.experiment.stages import _dataset_stamp
+
+    data = write_tiny_beir(tmp_path / "tiny")
+    memo = tmp_path / "file_hashes.json"
+    before = _dataset_stamp(data, memo)
+    assert set(before) == {"corpus.jsonl", "queries.jsonl", "qrels/train.tsv", "qrels/test.tsv"}
+    corpus = data / "corpus.jsonl"
+    os.utime(corpus, ns=(corpus.stat().st_atime_ns, corpus.stat().st_mtime_ns + 10**9))  # re-copied, unchanged
+    assert _dataset_stamp(data, memo) == before
+    corpus.write_text(corpus.read_text().replace("cancer", "tumour", 1))
+    after = _dataset_stamp(data, memo)
+    assert after["corpus.jsonl"] != before["corpus.jsonl"] and after["queries.jsonl"] == before["queries.jsonl"]
+
+
 def test_stage_records_hash_and_status(tmp_path):
     stage = Stage(tmp_path / "x.stage.json", {"a": 1})
     assert not stage.done() and not stage.started_same()

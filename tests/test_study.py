@@ -467,6 +467,8 @@ def _fake_compare(monkeypatch, mod, tmp_path, calls: list) -> None:
         seed, out, losses = int(a[a.index("--seeds") + 1]), Path(a[a.index("--output") + 1]), a[a.index("--losses") + 1]
         size = int(a[a.index("--max_triplets") + 1]) if "--max_triplets" in a else None
         calls.append((size, seed, losses.split(",")))
+        if not (out / "mine.stage.json").exists() or json.loads((out / "mine.stage.json").read_text())["status"] != "done":
+            _fake_mining(out, key="compare's")  # as compare mines a run directory without a finished mining
         variants = json.loads(a[a.index("--variants") + 1]) if "--variants" in a else cfg["variants"]
         rng = np.random.default_rng(seed)
         names = ["base"]
@@ -483,6 +485,12 @@ def _fake_compare(monkeypatch, mod, tmp_path, calls: list) -> None:
                                                                            "train_seconds": 1.0}))
 
     monkeypatch.setattr(mod, "_cli", cli)
+
+
+def _fake_mining(run: Path, key: str, status: str = "done") -> None:
+    (run / "mine").mkdir(parents=True, exist_ok=True)
+    (run / "mine" / "triplets.jsonl").write_text(json.dumps({"key": key}) + "\n")
+    (run / "mine.stage.json").write_text(json.dumps({"hash": key, "status": status, "key": key}))
 
 
 def _two_losses(study, tmp_path, monkeypatch) -> tuple[list, Path, Path]:
@@ -543,15 +551,15 @@ def test_jobs_run_units_side_by_side_each_in_its_own_run_directory(study, tmp_pa
     stops the rest and is raised."""
     mod, _, kept, configs = study
     calls, config, final = _two_losses(study, tmp_path, monkeypatch)
-    (mod.RUN / "final" / "mine").mkdir(parents=True)  # as compare leaves it: job 1 starts from a copy of it
-    (mod.RUN / "final" / "mine" / "triplets.jsonl").write_text("{}\n")
+    _fake_mining(mod.RUN / "final", key="final's")  # as compare leaves it: job 1 starts from a copy of it
+    _fake_mining(mod.RUN / "final.job1", key="stale")  # a copy from an older mining: replaced, not mined again
     mod.run_unit(config, mod.RUN / "final", final, [1, 2, 3], [], ["mnrl", "dpo"], jobs=2)
     assert sorted(calls) == sorted((None, k, [m]) for k in (1, 2, 3) for m in ("mnrl", "dpo"))
     assert sorted(p.relative_to(final).as_posix() for p in final.rglob("*.json")) == sorted(
         ["base.json", *[f"{m}/seed{k}.json" for m in ("mnrl", "mnrl-wiseft0.5", "dpo") for k in (1, 2, 3)]])
     logs = sorted(p.name for p in (mod.RUN / "logs").glob("*.log"))
     assert len(logs) == 6 and all(n.startswith(("final-", "final.job1-")) for n in logs)
-    assert (mod.RUN / "final.job1" / "mine" / "triplets.jsonl").exists()
+    assert (mod.RUN / "final.job1" / "mine" / "triplets.jsonl").read_text() == '{"key": "final\'s"}\n'
     # a unit begun in job 1's run directory (an interrupted training) goes back to job 1, whichever job is free first
     shutil.rmtree(final / "dpo")
     (mod.RUN / "final.job1" / "models" / "dpo-seed3").mkdir(parents=True)
@@ -561,8 +569,8 @@ def test_jobs_run_units_side_by_side_each_in_its_own_run_directory(study, tmp_pa
     mod.run_unit(config, mod.RUN / "final", final, [1, 2, 3], [], ["mnrl", "dpo"], jobs=2)
     assert sorted(calls) == [(None, k, ["dpo"]) for k in (1, 2, 3)]
     assert (mod.RUN / "logs" / "final.job1-dpo-seed3.log").exists()
-    calls.clear()  # a run directory without a mining: its first unit runs alone, on every core, before the others
-    shutil.rmtree(mod.RUN / "final" / "mine")
+    calls.clear()  # a run directory without a finished mining: its first unit runs alone, on every core, first
+    _fake_mining(mod.RUN / "final", key="cut off", status="running")
     mod.run_unit(config, mod.RUN / "n8", kept / "data" / "n8", [1, 2], ["--max_triplets", "8"], ["dpo"], jobs=2)
     assert calls[0] == (8, 1, ["dpo"]) and len(calls) == 2
     assert not (mod.RUN / "logs" / "n8-dpo-seed1.log").exists()  # alone: its output in this process's

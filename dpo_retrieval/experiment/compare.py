@@ -156,7 +156,7 @@ def _run_stages(cfg: CompareArgs, plan: dict, precision: str, seeds: list[int], 
     test_texts = [text for ds in test_sets for text in ds.queries.values()]
     pool = [q for q in train_split.qrels if q in train_split.queries]
     mine_stage = Stage(run / "mine.stage.json", {
-        "dataset": _dataset_stamp(train_split.path), "encoding": encoding_key(base_id, precision, docs_digest(train_split), backend=cfg.backend),
+        "dataset": _dataset_stamp(train_split.path, run / "file_hashes.json"), "encoding": encoding_key(base_id, precision, docs_digest(train_split), backend=cfg.backend),
         "queries": queries_digest(train_split), "mining": dataclasses.asdict(cfg.mining),
         "dropped_test_overlap": overlapping_queries(pool, train_split.queries, test_texts),
         "eval_max_seq_length": cfg.eval_max_seq_length})
@@ -238,7 +238,7 @@ def _run_stages(cfg: CompareArgs, plan: dict, precision: str, seeds: list[int], 
             path = run / "eval" / name / f"{ds_name}.json"
             stage = Stage(path.with_suffix(".stage.json"), {
                 "encoding": encoding_key(model_stages[name], precision, docs_digest(ds), backend=cfg.backend),
-                "dataset": _dataset_stamp(ds.path), "split": ds.split, "queries": queries_digest(ds),
+                "dataset": _dataset_stamp(ds.path, run / "file_hashes.json"), "split": ds.split, "queries": queries_digest(ds),
                 "max_seq_length": cfg.eval_max_seq_length, "top_k": cfg.top_k})
             if not (stage.done() and path.exists()):
                 if loaded is None:

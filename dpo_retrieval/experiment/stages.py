@@ -14,9 +14,14 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _dataset_stamp(path: Path) -> dict:
-    files = [path / "corpus.jsonl", path / "queries.jsonl", *sorted((path / "qrels").glob("*.tsv"))]
-    return {str(f.relative_to(path)): [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()}
+def _dataset_stamp(path: Path, memo_file: Path | None = None) -> dict:
+    """A BEIR folder's files by content (sha256; :func:`~dpo_retrieval.retrieval.cache.files_digests`), not by
+    mtime: a dataset copied or re-synced unchanged keeps every stage built on it."""
+    from dpo_retrieval.retrieval.cache import files_digests
+
+    files = [f for f in [path / "corpus.jsonl", path / "queries.jsonl", *sorted((path / "qrels").glob("*.tsv"))]
+             if f.exists()]
+    return {str(f.relative_to(path)): d for f, d in zip(files, files_digests(files, memo_file))}
 
 
 class Stage:

@@ -62,11 +62,9 @@ def _file_digest(path: Path, memo: dict | None) -> str:
     return digest
 
 
-def model_files_digest(directory: str | os.PathLike, memo_file: str | os.PathLike | None = None) -> str:
-    """sha256 over a model directory's weight, config and tokenizer files (:data:`MODEL_FILE_PATTERNS`,
-    outside :data:`MODEL_DIR_SKIP`), with their relative paths. Each file's hash is remembered per
-    (path, size, mtime) in this process and, given ``memo_file``, in that JSON file across runs."""
-    root = Path(directory)
+def files_digests(files: list[Path], memo_file: str | os.PathLike | None = None) -> list[str]:
+    """sha256 of each file's content. Each file's hash is remembered per (path, size, mtime) in this process
+    and, given ``memo_file``, in that JSON file across runs: only a changed or re-copied file is read again."""
     memo = None
     if memo_file is not None:
         try:
@@ -74,15 +72,23 @@ def model_files_digest(directory: str | os.PathLike, memo_file: str | os.PathLik
         except (OSError, ValueError):
             memo = {}
         before = dict(memo)
+    digests = [_file_digest(p, memo) for p in files]
+    if memo is not None and memo != before:
+        write_json(memo, memo_file)
+    return digests
+
+
+def model_files_digest(directory: str | os.PathLike, memo_file: str | os.PathLike | None = None) -> str:
+    """sha256 over a model directory's weight, config and tokenizer files (:data:`MODEL_FILE_PATTERNS`,
+    outside :data:`MODEL_DIR_SKIP`), with their relative paths (each file's hash: :func:`files_digests`)."""
+    root = Path(directory)
     files = sorted({p for pattern in MODEL_FILE_PATTERNS for p in root.rglob(pattern)
                     if p.is_file() and not set(p.relative_to(root).parts) & set(MODEL_DIR_SKIP)})
     if not files:
         raise UserInputError.at(root, None, "no model files (*.safetensors, *.bin, *.json) to identify the model by")
     h = hashlib.sha256()
-    for p in files:
-        h.update(p.relative_to(root).as_posix().encode() + b"\0" + _file_digest(p, memo).encode() + b"\0")
-    if memo is not None and memo != before:
-        write_json(memo, memo_file)
+    for p, digest in zip(files, files_digests(files, memo_file)):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + digest.encode() + b"\0")
     return h.hexdigest()
 
 
