@@ -152,12 +152,19 @@ def test_resume_falls_back_past_a_truncated_last_checkpoint(tmp_path, triplets, 
 
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert main(_args(triplets, full, tiny_model_path)) == 0
+    # each checkpoint keeps the seconds trained up to it; the uninterrupted run's total counts all of them
+    ran = [json.loads((full / "checkpoints" / f"checkpoint-{k}" / "train_time.json").read_text()) for k in (4, 6)]
+    assert [r["step"] for r in ran] == [4, 6] and 0 < ran[0]["train_seconds"] < ran[1]["train_seconds"] <= \
+        json.loads((full / "train_summary.json").read_text())["train_seconds"]  # (save_total_limit 2 kept 4 and 6)
     shutil.copytree(full / "checkpoints", cut / "checkpoints")
+    (cut / "checkpoints" / "checkpoint-4" / "train_time.json").write_text('{"train_seconds": 1000.0, "step": 4}')
     weights = cut / "checkpoints" / "checkpoint-6" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     (cut / "train_log.jsonl").write_text('{"step": 9, "loss": 1.0}\n{"step": 10, "lo')  # stale and cut: replaced
 
     assert main(_args(triplets, cut, tiny_model_path, "--resume")) == 0
+    summary = json.loads((cut / "train_summary.json").read_text())
+    assert summary["resumed_from_step"] == 4 and 1000.0 < summary["train_seconds"] < 1000.0 + ran[1]["train_seconds"]
     a, b = _tensors(full), _tensors(cut)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _log(cut) == _log(full)

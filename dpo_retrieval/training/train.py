@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from pathlib import Path
 
 from dpo_retrieval._io import write_json
@@ -22,7 +21,7 @@ from dpo_retrieval.training.dev import (best_model_settings, build_evaluator, ch
                                         strategy)
 from dpo_retrieval.training.save import _latest_checkpoint, save_model_atomically
 from dpo_retrieval.training.trainer import (FiniteGradientCallback, JsonlLogCallback, NonFiniteError,
-                                            PreferenceTrainer, disable_dropout)
+                                            PreferenceTrainer, TrainTimeCallback, disable_dropout)
 
 logger = logging.getLogger(__name__)
 #: the training arguments recorded in train_summary.json
@@ -201,20 +200,20 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None, *, reference_cache: 
         barrier()
     output.mkdir(parents=True, exist_ok=True)
     grad_guard = FiniteGradientCallback(dpo.on_nonfinite)
+    clock = TrainTimeCallback(resume_from)
     trainer = PreferenceTrainer(
         model=model, args=trainer_args, train_dataset=dataset, loss=loss, on_nonfinite=dpo.on_nonfinite,
         eval_dataset=eval_dataset, evaluator=evaluator,
-        callbacks=[JsonlLogCallback(output / "train_log.jsonl"), grad_guard, *early_stopping(cfg)],
+        callbacks=[JsonlLogCallback(output / "train_log.jsonl"), grad_guard, clock, *early_stopping(cfg)],
     )
     logger.info("training %s on %d triplets (negatives per query: %d), device %s, precision %s",
                 cfg.loss, len(dataset), negatives, device, precision)
-    start = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=resume_from)
     except NonFiniteError as err:
         raise UserInputError(f"training stopped: {err}; nothing was saved (try a lower learning_rate, "
                              "precision fp32, or on_nonfinite skip)") from err
-    seconds = time.perf_counter() - start
+    seconds = clock.seconds()  # the whole training's, the legs before a resume included
     if not trainer.is_world_process_zero():  # rank 0 saves; the others leave once it has
         trainer.accelerator.wait_for_everyone()
         return output
@@ -228,6 +227,7 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None, *, reference_cache: 
             "world_size": trainer_args.world_size,
             "steps": trainer.state.global_step,
             "train_seconds": round(seconds, 3),
+            "resumed_from_step": int(Path(resume_from).name.split("-")[-1]) if resume_from else None,
             "seconds_per_step": round(seconds / max(1, trainer.state.global_step), 4),
             "train_loss": result.training_loss,
             "reference_precompute": ref_stats,

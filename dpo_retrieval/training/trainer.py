@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
 from sentence_transformers import SentenceTransformerTrainer
 from transformers import TrainerCallback
 
-from dpo_retrieval._io import write_text
+from dpo_retrieval._io import write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,38 @@ class JsonlLogCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._rewrite(state)
+        return control
+
+
+class TrainTimeCallback(TrainerCallback):
+    """Training seconds across interruptions: each checkpoint keeps the seconds trained up to it
+    (``train_time.json``), and a run resumed from it counts on from there, so ``train_seconds`` is the
+    whole training's, not the last leg's. A checkpoint without the file (an older one) counts as 0 s."""
+
+    FILE = "train_time.json"
+
+    def __init__(self, resume_from: str | None = None) -> None:
+        self.before = self.read(resume_from) if resume_from else 0.0
+        self.start = time.perf_counter()
+
+    @classmethod
+    def read(cls, checkpoint: str | Path) -> float:
+        try:
+            return float(json.loads((Path(checkpoint) / cls.FILE).read_text())["train_seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0.0
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"  # transformers' PREFIX_CHECKPOINT_DIR
+        if state.is_world_process_zero and folder.is_dir():
+            write_json({"train_seconds": round(self.seconds(), 3), "step": state.global_step}, folder / self.FILE)
         return control
 
 
