@@ -123,7 +123,7 @@ def verdicts(report: dict, harm: dict, data: dict, dpo_models: list[str], best_c
             "closest": {"model": closest[0], "scifact_test_diff": closest[1]} if closest else None}
 
 
-def data_section(p: dict, finals: dict, sha: str | None) -> dict:
+def data_section(p: dict, finals: dict, sha: str | None, models: list[str] | None = None) -> dict:
     """Mean ± std over seeds of SciFact test nDCG@10 per model and size ("all" from the finals' seeds in
     data_seeds), and each DPO-family model against the contrastive one at each size (paired over queries,
     seed-averaged, Holm over the section). A model a size has not recorded yet (the best DPO variant joins
@@ -132,7 +132,7 @@ def data_section(p: dict, finals: dict, sha: str | None) -> dict:
     from dpo_retrieval.experiment.stats import compare_paired, holm, mean_std
 
     groups = {n: load_group(S.KEPT / "data" / f"n{n}", sha) for n in p["data_sizes"]}
-    names = list(dict.fromkeys([*p["data_models"], *(m for g in groups.values() for m in g["models"])]))
+    names = list(dict.fromkeys([*(models or p["data_models"]), *(m for g in groups.values() for m in g["models"])]))
     groups["all"] = {"base": finals["base"], "models": {m: {s: e for s, e in finals["models"].get(m, {}).items()
                                                             if s in p["data_seeds"]} for m in names}}
     rows, comps = [], []
@@ -264,7 +264,7 @@ def write_study_report() -> dict:
     report = (write_report(results, S.KEPT / "final_report", pairs=final_pairs(models, best_c), metrics=[METRIC])["report"]
               if finals["models"] else {"datasets": {}})
     harm = harm_tests(results, TEST, [m for m in p["dpo_models"] if m in models], best_c) if best_c else {}
-    data = data_section(p, finals, sha)
+    data = data_section(p, finals, sha, data_models(p) if config.exists() else None)  # the variant's rows too
     drift = drift_section(finals)
     expected = final_models(config) if config.exists() else list(finals["models"])  # every name, every seed
     finals_done = bool(expected) and all(set(p["seeds"]) <= set(finals["models"].get(m, {})) for m in expected)
