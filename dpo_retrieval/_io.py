@@ -5,7 +5,9 @@ Every writer of the package goes through these functions.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from dpo_retrieval.errors import UserInputError
+
+logger = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -123,7 +127,11 @@ def hold_lock(path: str | os.PathLike, *, what: str = "another process") -> Iter
         yield
         return
     path = Path(path)
-    with open(path, "a+", encoding="utf-8") as f:
+    try:
+        f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - closed below, after the with block's body
+    except OSError as err:
+        raise UserInputError.at(path, None, f"cannot write: {err.strerror or err}") from None
+    with f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -131,6 +139,12 @@ def hold_lock(path: str | os.PathLike, *, what: str = "another process") -> Iter
             holder = f.read().strip() or "unknown"
             raise UserInputError.at(path.parent, None, f"{what} is already running here (pid {holder}, lock "
                                                        f"{path.name}); wait for it or use another output") from None
+        except OSError as err:
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise UserInputError.at(path, None, f"cannot lock: {err.strerror or err}") from None
+            logger.warning("%s: this filesystem cannot lock (%s); running unlocked", path, err.strerror or err)
+            yield
+            return
         try:
             f.truncate(0)
             f.write(str(os.getpid()))

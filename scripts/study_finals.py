@@ -101,28 +101,37 @@ def final_models(config: Path, losses: list[str] | None = None, extra: list[str]
 SEEDED = ("mine", "mine.stage.json", "file_hashes.json", "embeddings/base", "eval/base")
 
 
+def _mine_stage(run: Path) -> dict:
+    try:
+        return json.loads((run / "mine.stage.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def mined(run: Path) -> bool:
     """Whether run directory ``run`` holds a finished mining (its stage marker says done)."""
-    try:
-        return json.loads((run / "mine.stage.json").read_text()).get("status") == "done"
-    except (OSError, ValueError):
-        return False
+    return _mine_stage(run).get("status") == "done"
 
 
 def seed_run_dir(src: Path, dst: Path) -> None:
     """Start ``dst`` from ``src``'s mining and base evaluation (their stage keys do not hold the path); a copy
-    whose mining is not ``src``'s finished one (an older key, a mining cut off) is replaced: it would mine
-    again beside ``src``."""
-    if mined(src) and (dst / "mine.stage.json").exists() and \
-            (dst / "mine.stage.json").read_bytes() != (src / "mine.stage.json").read_bytes():
+    whose mining is not ``src``'s finished one (another key's hash, a mining cut off) is replaced: it would mine
+    again beside ``src``. Under ``dst``'s compare lock: a compare still running there fails in one line instead
+    of losing its mining mid-run."""
+    from dpo_retrieval._io import hold_lock
+
+    dst.mkdir(parents=True, exist_ok=True)
+    with hold_lock(dst / "compare.lock", what="a compare"):
+        theirs, ours = _mine_stage(src), _mine_stage(dst)
+        if theirs.get("status") == "done" and ours and (ours.get("status"), ours.get("hash")) != ("done", theirs["hash"]):
+            for rel in SEEDED:
+                d = dst / rel
+                shutil.rmtree(d) if d.is_dir() else d.unlink(missing_ok=True)
         for rel in SEEDED:
-            d = dst / rel
-            shutil.rmtree(d) if d.is_dir() else d.unlink(missing_ok=True)
-    for rel in SEEDED:
-        s, d = src / rel, dst / rel
-        if s.exists() and not d.exists():
-            d.parent.mkdir(parents=True, exist_ok=True)
-            (shutil.copytree if s.is_dir() else shutil.copy2)(s, d)
+            s, d = src / rel, dst / rel
+            if s.exists() and not d.exists():
+                d.parent.mkdir(parents=True, exist_ok=True)
+                (shutil.copytree if s.is_dir() else shutil.copy2)(s, d)
 
 
 def missing_losses(config: Path, kept: Path, seed: int, extra: list[str], losses: list[str]) -> list[str]:

@@ -264,14 +264,19 @@ def write_study_report() -> dict:
     report = (write_report(results, S.KEPT / "final_report", pairs=final_pairs(models, best_c), metrics=[METRIC])["report"]
               if finals["models"] else {"datasets": {}})
     harm = harm_tests(results, TEST, [m for m in p["dpo_models"] if m in models], best_c) if best_c else {}
-    data = data_section(p, finals, sha, data_models(p) if config.exists() else None)  # the variant's rows too
+    try:  # the data models, the finals' DPO variant included (its rows stay empty until recorded)
+        dmodels = data_models(p) if config.exists() else list(p["data_models"])
+    except SystemExit as err:  # no variant chosen yet: the plan's models, said
+        print(err)
+        dmodels = list(p["data_models"])
+    data = data_section(p, finals, sha, dmodels)
     drift = drift_section(finals)
     expected = final_models(config) if config.exists() else list(finals["models"])  # every name, every seed
     finals_done = bool(expected) and all(set(p["seeds"]) <= set(finals["models"].get(m, {})) for m in expected)
     # criterion (b) and the data section's Holm family need every data run too, the variant's included
     seeds_at = {(r["size"], r["model"]): set(r["seeds"]) for r in data["rows"]}
     data_done = all(set(p["data_seeds"]) <= seeds_at.get((n, m), set())
-                    for n in p["data_sizes"] for m in (data_models(p) if config.exists() else p["data_models"]))
+                    for n in p["data_sizes"] for m in dmodels)
     complete = finals_done and data_done
     tuning = {path.stem[5:]: tuning_entry(json.loads(path.read_text())) for path in sorted(S.KEPT.glob("tune_*.json"))}
     per_model = best_per_model()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -129,6 +130,29 @@ def test_compare_refuses_a_run_directory_another_compare_holds(tmp_path, tiny_mo
     # a lock file left by a killed run holds nothing: the next one takes it
     with hold_lock(out / "compare.lock"):
         pass
+
+
+@pytest.mark.parametrize("code", ["ENOLCK", "EACCES"])
+def test_a_filesystem_without_locks_runs_unlocked_and_other_lock_errors_are_one_line(code, tmp_path, monkeypatch,
+                                                                                      caplog):
+    import errno
+    import fcntl
+
+    from dpo_retrieval._io import hold_lock
+
+    def flock(fd, op):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    ran = []
+    if code == "ENOLCK":  # NFS without lockd and the like: the work runs, with a warning
+        with hold_lock(tmp_path / "compare.lock"):
+            ran.append(True)
+        assert ran and "cannot lock" in caplog.text
+    else:
+        with pytest.raises(UserInputError, match="compare.lock: cannot lock"), hold_lock(tmp_path / "compare.lock"):
+            ran.append(True)
+        assert not ran
 
 
 def test_dataset_stamp_is_the_files_content_not_their_mtime(tmp_path):

@@ -86,9 +86,13 @@ def test_killed_run_resumes_to_bitwise_identical_weights(tmp_path, triplets, tin
     with open(cut / "train_log.jsonl", "a") as f:
         f.write('{"step": 3, "lo')
 
+    for kept in (cut / "checkpoints").glob("*/train_time.json"):
+        kept.unlink()  # a checkpoint from before train_time.json: the time before it is unknown, and said so
     assert main(_args(triplets, cut, tiny_model_path, "--resume")) == 0
     summary = json.loads((cut / "train_summary.json").read_text())
     assert summary["steps"] == json.loads((full / "train_summary.json").read_text())["steps"] == 6
+    assert summary["train_seconds_complete"] is False
+    assert json.loads((full / "train_summary.json").read_text())["train_seconds_complete"] is True
 
     a, b = _tensors(full), _tensors(cut)
     assert a.keys() == b.keys()
@@ -164,7 +168,7 @@ def test_resume_falls_back_past_a_truncated_last_checkpoint(tmp_path, triplets, 
 
     assert main(_args(triplets, cut, tiny_model_path, "--resume")) == 0
     summary = json.loads((cut / "train_summary.json").read_text())
-    assert summary["resumed_from_step"] == 4 and 1000.0 < summary["train_seconds"] < 1000.0 + ran[1]["train_seconds"]
+    assert summary["resumed_from_step"] == 4 and summary["train_seconds_complete"] and 1000.0 < summary["train_seconds"] < 1000.0 + ran[1]["train_seconds"]
     a, b = _tensors(full), _tensors(cut)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _log(cut) == _log(full)

@@ -545,6 +545,30 @@ def test_run_unit_trains_only_the_missing_losses_of_each_seed(study, tmp_path, m
     assert calls == []
 
 
+def test_seed_run_dir_replaces_only_a_copy_of_another_mining(study, tmp_path):
+    from dpo_retrieval._io import hold_lock
+    from dpo_retrieval.errors import UserInputError
+
+    mod = study[0]
+    src, dst = tmp_path / "final", tmp_path / "final.job1"
+    _fake_mining(src, key="A")
+    _fake_mining(dst, key="A")
+    stage = json.loads((dst / "mine.stage.json").read_text())
+    (dst / "mine.stage.json").write_text(json.dumps({**stage, "seconds": 9.5}))  # the same mining, other timing
+    (dst / "eval" / "base").mkdir(parents=True)
+    (dst / "eval" / "base" / "scifact.json").write_text("job's")
+    mod.seed_run_dir(src, dst)
+    assert (dst / "eval" / "base" / "scifact.json").read_text() == "job's"  # kept: nothing to redo
+    _fake_mining(src, key="B", status="running")  # the source's own mining cut off: the copy is left alone
+    mod.seed_run_dir(src, dst)
+    assert json.loads((dst / "mine.stage.json").read_text())["hash"] == "A"
+    _fake_mining(src, key="B")
+    mod.seed_run_dir(src, dst)  # another key's finished mining: the copy is replaced, its base evaluation too
+    assert json.loads((dst / "mine.stage.json").read_text())["hash"] == "B" and not (dst / "eval" / "base").exists()
+    with hold_lock(dst / "compare.lock"), pytest.raises(UserInputError, match="already running"):
+        mod.seed_run_dir(src, dst)  # a compare still running there
+
+
 def test_jobs_run_units_side_by_side_each_in_its_own_run_directory(study, tmp_path, monkeypatch):
     """--jobs 2: the same units as one job (a run directory without a mining runs its first unit alone), each job
     in its own run directory (job 1 in a copy of the mining), each unit logged; every export lands. A failing unit
@@ -656,6 +680,11 @@ def test_data_runs_the_plans_models_first_and_adds_the_best_variant_after_the_fi
     assert rows[("all", "sdpo")]["seeds"] == [1, 2] and rows[("all", "mnrl")]["mean"] is None
     rep._plots(data, {"beta_curve": []})
     assert (kept / "data_efficiency.png").exists()
+    # the finals' variant before any size recorded it: a row per size with no seeds, in no comparison
+    fresh = rep.data_section(p, rep.load_group(kept / "final", sha), sha, ["mnrl", "dpo", "dpo-mnrl"])
+    rows = {(r["size"], r["model"]): r for r in fresh["rows"]}
+    assert all(rows[(n, "dpo-mnrl")]["seeds"] == [] and rows[(n, "dpo-mnrl")]["mean"] is None for n in (64, 128, "all"))
+    assert "dpo-mnrl" not in {c["model"] for c in fresh["comparisons"]}
 
 
 def test_finals_and_data_units_end_to_end(study, tmp_path, tiny_model_path, monkeypatch):

@@ -209,7 +209,9 @@ def _run_stages(cfg: CompareArgs, plan: dict, precision: str, seeds: list[int], 
                 stage.start()
                 train(dataclasses.replace(inputs, resume=resume), targs, dpo, reference_cache=run / "reference_cache")
                 summary = json.loads((out / "train_summary.json").read_text())
-                stage.finish(train_seconds=summary["train_seconds"], steps=summary["steps"])
+                # a training resumed from a checkpoint that lost its time: no train time rather than a wrong one
+                seconds = summary["train_seconds"] if summary.get("train_seconds_complete", True) else None
+                stage.finish(train_seconds=seconds, steps=summary["steps"])
                 # a finished training resumes nothing (a changed key retrains from scratch): its checkpoints, each
                 # the model plus the optimiser's state, would only fill the disk over a study's many trainings
                 shutil.rmtree(out / "checkpoints", ignore_errors=True)

@@ -227,6 +227,7 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None, *, reference_cache: 
             "world_size": trainer_args.world_size,
             "steps": trainer.state.global_step,
             "train_seconds": round(seconds, 3),
+            "train_seconds_complete": clock.complete,
             "resumed_from_step": int(Path(resume_from).name.split("-")[-1]) if resume_from else None,
             "seconds_per_step": round(seconds / max(1, trainer.state.global_step), 4),
             "train_loss": result.training_loss,

@@ -175,20 +175,26 @@ class JsonlLogCallback(TrainerCallback):
 class TrainTimeCallback(TrainerCallback):
     """Training seconds across interruptions: each checkpoint keeps the seconds trained up to it
     (``train_time.json``), and a run resumed from it counts on from there, so ``train_seconds`` is the
-    whole training's, not the last leg's. A checkpoint without the file (an older one) counts as 0 s."""
+    whole training's, not the last leg's. Resumed from a checkpoint without the file (an older one, or a kill
+    between the save and this callback), the summary says ``train_seconds_complete: false``."""
 
     FILE = "train_time.json"
 
     def __init__(self, resume_from: str | None = None) -> None:
-        self.before = self.read(resume_from) if resume_from else 0.0
+        before = self.read(resume_from) if resume_from else 0.0
+        #: False when resumed from a checkpoint without the file: the seconds before it are then unknown
+        self.complete = before is not None
+        if not self.complete:
+            logger.warning("%s has no %s: train_seconds counts only the training from it on", resume_from, self.FILE)
+        self.before = before or 0.0
         self.start = time.perf_counter()
 
     @classmethod
-    def read(cls, checkpoint: str | Path) -> float:
+    def read(cls, checkpoint: str | Path) -> float | None:
         try:
             return float(json.loads((Path(checkpoint) / cls.FILE).read_text())["train_seconds"])
         except (OSError, ValueError, KeyError, TypeError):
-            return 0.0
+            return None
 
     def seconds(self) -> float:
         return self.before + time.perf_counter() - self.start
@@ -200,7 +206,9 @@ class TrainTimeCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"  # transformers' PREFIX_CHECKPOINT_DIR
         if state.is_world_process_zero and folder.is_dir():
-            write_json({"train_seconds": round(self.seconds(), 3), "step": state.global_step}, folder / self.FILE)
+            if self.complete:  # an unknown start stays unknown in every later checkpoint
+                write_json({"train_seconds": round(self.seconds(), 3), "step": state.global_step},
+                           folder / self.FILE)
         return control
 
 
