@@ -19,19 +19,39 @@ METRIC = "NDCG@10"
 OUT = Path("benchmarks") / "results"
 
 
-def load_group(kept: Path, config_sha: str | None = None) -> dict:
+def load_group(kept: Path, config_sha: str | None = None, seeds: list[int] | None = None) -> dict:
     """``{"base": entry or None, "models": {model: {seed: entry}}, "stale": [files]}`` from a folder of
-    exports; with ``config_sha`` only those made from that config (the others are listed as stale)."""
-    base = kept / "base.json"
+    exports; with ``config_sha`` only those made from that config, with ``seeds`` only those seeds (the
+    others are listed as stale: a hand-made export of another seed never enters a mean or a test). A base
+    made from another config is stale too."""
+    base_path = kept / "base.json"
     models: dict[str, dict] = {}
     stale = []
     for path in sorted(kept.glob("*/seed*.json")):
         entry = json.loads(path.read_text())
-        if config_sha is not None and entry.get("config_sha") != config_sha:
+        if (config_sha is not None and entry.get("config_sha") != config_sha) or (
+                seeds is not None and entry["seed"] not in seeds):
             stale.append(str(path))
             continue
         models.setdefault(entry["model"], {})[entry["seed"]] = entry
-    return {"base": json.loads(base.read_text()) if base.exists() else None, "models": models, "stale": stale}
+    base = json.loads(base_path.read_text()) if base_path.exists() else None
+    if base is not None and config_sha is not None and base.get("config_sha") != config_sha:
+        stale.append(str(base_path))
+        base = None
+    return {"base": base, "models": models, "stale": stale}
+
+
+def group_complete(group: dict, models: list[str], seeds: list[int], datasets: tuple[str, ...], *,
+                   with_base: bool = True) -> bool:
+    """Whether ``group`` holds every model at every seed, each with every one of ``datasets``, and (``with_base``)
+    the base with them (a missing base would drop every test against it from the Holm family; a seed without a
+    dataset would average that dataset over fewer seeds)."""
+    base = group["base"]
+    if with_base and (base is None or not set(datasets) <= set(base["datasets"])):
+        return False
+    return bool(models) and all(
+        s in group["models"].get(m, {}) and set(datasets) <= set(group["models"][m][s]["datasets"])
+        for m in models for s in seeds)
 
 
 def compare_results(group: dict, names: list[str] | None = None) -> dict:
@@ -131,8 +151,8 @@ def data_section(p: dict, finals: dict, sha: str | None, models: list[str] | Non
     from dpo_retrieval.experiment.report import collapse_seeds
     from dpo_retrieval.experiment.stats import compare_paired, holm, mean_std
 
-    groups = {n: load_group(S.KEPT / "data" / f"n{n}", sha) for n in p["data_sizes"]}
-    names = list(dict.fromkeys([*(models or p["data_models"]), *(m for g in groups.values() for m in g["models"])]))
+    groups = {n: load_group(S.KEPT / "data" / f"n{n}", sha, p["data_seeds"]) for n in p["data_sizes"]}
+    names = list(models or p["data_models"])  # an export of another model never enters the section's Holm family
     groups["all"] = {"base": finals["base"], "models": {m: {s: e for s, e in finals["models"].get(m, {}).items()
                                                             if s in p["data_seeds"]} for m in names}}
     rows, comps = [], []
@@ -151,7 +171,11 @@ def data_section(p: dict, finals: dict, sha: str | None, models: list[str] | Non
                               "against": reference, **r})
     for c, ph in zip(comps, holm([c["p_ttest"] for c in comps])):
         c["p_holm"] = ph
-    return {"rows": rows, "comparisons": comps, "reference": reference}
+    return {"rows": rows, "comparisons": comps, "reference": reference,
+            "complete": all(group_complete(groups[n], names, p["data_seeds"], (TEST,), with_base=False)
+                            for n in p["data_sizes"]),
+            "left_out": sorted({*(f for n in p["data_sizes"] for f in groups[n]["stale"]),
+                                *(f"{n}: {m}" for n in p["data_sizes"] for m in groups[n]["models"] if m not in names)})}
 
 
 def drift_section(finals: dict) -> dict:
@@ -257,26 +281,26 @@ def write_study_report() -> dict:
     p = S.plan()
     config = S.CONFIGS / "final.yaml"
     sha = S.config_sha(config) if config.exists() else None
-    finals = load_group(S.KEPT / "final", sha)
+    finals = load_group(S.KEPT / "final", sha, p["seeds"])
     models = list(finals["models"])
     best_c = best_of(finals, [m for m in p["contrastive_models"] if m in finals["models"]])
     results = compare_results(finals, models)
     report = (write_report(results, S.KEPT / "final_report", pairs=final_pairs(models, best_c), metrics=[METRIC])["report"]
               if finals["models"] else {"datasets": {}})
     harm = harm_tests(results, TEST, [m for m in p["dpo_models"] if m in models], best_c) if best_c else {}
+    variant_known = True
     try:  # the data models, the finals' DPO variant included (its rows stay empty until recorded)
         dmodels = data_models(p) if config.exists() else list(p["data_models"])
-    except SystemExit as err:  # no variant chosen yet: the plan's models, said
+    except SystemExit as err:  # no variant chosen yet: the plan's models, said (and the report is not complete)
         print(err)
-        dmodels = list(p["data_models"])
+        dmodels, variant_known = list(p["data_models"]), False
     data = data_section(p, finals, sha, dmodels)
     drift = drift_section(finals)
     expected = final_models(config) if config.exists() else list(finals["models"])  # every name, every seed
-    finals_done = bool(expected) and all(set(p["seeds"]) <= set(finals["models"].get(m, {})) for m in expected)
+    # every name at every seed with every evaluation set, and the base with them (else a Holm family is short)
+    finals_done = group_complete(finals, expected, p["seeds"], (TEST, DEV, OOD))
     # criterion (b) and the data section's Holm family need every data run too, the variant's included
-    seeds_at = {(r["size"], r["model"]): set(r["seeds"]) for r in data["rows"]}
-    data_done = all(set(p["data_seeds"]) <= seeds_at.get((n, m), set())
-                    for n in p["data_sizes"] for m in dmodels)
+    data_done = variant_known and data["complete"]
     complete = finals_done and data_done
     tuning = {path.stem[5:]: tuning_entry(json.loads(path.read_text())) for path in sorted(S.KEPT.glob("tune_*.json"))}
     per_model = best_per_model()
@@ -288,7 +312,7 @@ def write_study_report() -> dict:
                      "comparisons": {ds: d["comparisons"] for ds, d in report["datasets"].items()}},
            "harm_vs_best_contrastive": harm, "data_efficiency": data, "drift": drift,
            "complete": complete, "finals_complete": finals_done, "data_complete": data_done,
-           "stale_exports_left_out": finals["stale"],
+           "stale_exports_left_out": finals["stale"] + data["left_out"],
            "verdicts": ({**verdicts(report, harm, data, p["dpo_models"], best_c), "provisional": not complete}
                         if finals["models"] else None),
            "plots": _plots(data, drift)}

@@ -154,6 +154,26 @@ def test_report_picks_best_contrastive_on_dev_and_judges_the_criteria(study):
     (kept / "seed2.json").rename(kept / "data" / "n64" / "dpo" / "seed2.json")
     out = rep.write_study_report()
     assert out["complete"] and out["verdicts"]["provisional"] is False
+    before = out["final"]["rows"]
+    # an export of a seed outside the plan, or of a model outside the data section, enters no mean and no test
+    _export(final, "dpo", 6, {"scifact": 0.5, "scifact-dev": 0.5, "dbpedia-entity-5k": 0.5})
+    _export(kept / "data" / "n64", "cmnrl", 1, {"scifact": 0.5})
+    out = rep.write_study_report()
+    assert out["final"]["rows"] == before and out["final"]["seeds"]["dpo"] == [1, 2, 3]
+    assert {r["model"] for r in out["data_efficiency"]["rows"]} == {"mnrl", "dpo"} and out["complete"]
+    assert any(f.endswith("dpo/seed6.json") for f in out["stale_exports_left_out"])
+    assert "64: cmnrl" in out["stale_exports_left_out"]
+    # the base missing, or a seed without one of the evaluation sets: not complete (a Holm family or a mean short)
+    (final / "base.json").rename(kept / "base.json")
+    assert rep.write_study_report()["verdicts"]["provisional"] is True
+    (kept / "base.json").rename(final / "base.json")
+    entry = json.loads((final / "mnrl" / "seed2.json").read_text())
+    (final / "mnrl" / "seed2.json").write_text(json.dumps({**entry, "datasets": {
+        k: v for k, v in entry["datasets"].items() if k != "dbpedia-entity-5k"}}))
+    assert not rep.write_study_report()["finals_complete"]
+    (final / "mnrl" / "seed2.json").write_text(json.dumps(entry))
+    out = rep.write_study_report()
+    assert out["complete"]
     comps = out["final"]["comparisons"]["scifact"]
     assert {(c["a"], c["b"]) for c in comps} == {(m, "base") for m in shifts} | {
         (m, "cmnrl") for m in ("mnrl", "dpo", "sdpo")}
@@ -669,7 +689,7 @@ def test_data_runs_the_plans_models_first_and_adds_the_best_variant_after_the_fi
     shutil.rmtree(kept / "data" / "n128" / "sdpo")
     (kept / "data" / "n128" / "dpo" / "seed2.json").unlink()
     p = yaml.safe_load((configs / "study.yaml").read_text())
-    data = rep.data_section(p, rep.load_group(kept / "final", sha), sha)
+    data = rep.data_section(p, rep.load_group(kept / "final", sha), sha, ["mnrl", "dpo", "sdpo"])
     rows = {(r["size"], r["model"]): r for r in data["rows"]}
     assert rows[(64, "sdpo")]["seeds"] == [1, 2] and rows[(128, "dpo")]["seeds"] == [1]
     assert rows[(128, "sdpo")]["seeds"] == [] and rows[(128, "sdpo")]["mean"] is None
