@@ -25,10 +25,29 @@ def train_parser(config: dict | None = None, *, quiet: bool = False):
 
     from dpo_retrieval.cli_parser import ArgParser
     from dpo_retrieval.training.args import TRAINING_DEFAULTS, DPOArgs, TrainArgs
+    from dpo_retrieval.training.defaults import BUDGET, describe
 
-    return ArgParser((TrainArgs, DPOArgs, SentenceTransformerTrainingArguments), prog="dpo-retrieval train",
-                     description=DESCRIPTION, config=config,
-                     defaults={**TRAINING_DEFAULTS, "disable_tqdm": True if quiet else None})
+    parser = ArgParser((TrainArgs, DPOArgs, SentenceTransformerTrainingArguments), prog="dpo-retrieval train",
+                       description=DESCRIPTION, config=config,
+                       defaults={**TRAINING_DEFAULTS, **{k: None for k in BUDGET},  # by --loss: fill_loss_defaults
+                                 "disable_tqdm": True if quiet else None})
+    for action in parser._actions:
+        if action.dest in BUDGET:
+            action.help = (f"{action.help or ''} (default by --loss, the study's: {describe(action.dest)}; "
+                           f"other losses {TRAINING_DEFAULTS[action.dest]:g})").strip()
+    return parser
+
+
+def fill_loss_defaults(namespace) -> None:
+    """The training arguments left unset (None) get the loss's default
+    (:func:`~dpo_retrieval.training.args.budget_defaults`)."""
+    from dpo_retrieval.training.args import budget_defaults
+    from dpo_retrieval.training.defaults import BUDGET
+
+    defaults = budget_defaults(getattr(namespace, "loss", None))
+    for k in BUDGET:
+        if getattr(namespace, k, None) is None:
+            setattr(namespace, k, defaults[k])
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:
@@ -58,6 +77,7 @@ def run_train(argv: list[str], config: dict | None, *, quiet: bool, dests: set) 
     dests.update(parser.dests())
     check_config_keys(parser)
     namespace = parser.parse_args(argv)
+    fill_loss_defaults(namespace)
     try:
         cfg, dpo, targs = parser.build(namespace)
     except ValueError as err:  # transformers' own checks of the training arguments: ours name the field

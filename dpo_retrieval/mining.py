@@ -37,7 +37,9 @@ class MineArgs:
     """How triplets are mined (``mine``, and ``compare``'s mining stage, whose key holds these fields).
     Checked when made; errors name the field (``negatives: must be > 0, got 0``)."""
 
-    negatives: int = field(default=1, metadata={"help": "hard negatives per (query, positive)"})
+    negatives: int = field(default=4, metadata={
+        "help": "hard negatives per (query, positive) (4: what DPO trains on by default; the contrastive losses "
+                "train on their first 1-2, see train --negatives)"})
     rank_min: int = field(default=10, metadata={
         "help": "skip the base retriever's top rank_min hits (likely unjudged positives) ..."})
     rank_max: int = field(default=50, metadata={

@@ -103,11 +103,16 @@ def test_compare_args_from_python_resolve_as_the_cli_does(policy):
     expected = (POLICY_DEFAULTS[policy]["beta"], POLICY_DEFAULTS[policy]["scale"])
     assert (python.dpo.beta, python.dpo.scale) == (command.dpo.beta, command.dpo.scale) == expected
     assert python == command
-    assert python.learning_rate == PRESETS["quick"]["learning_rate"] and python.backend == "auto"
+    assert python.learning_rate is None and python.backend == "auto"  # several losses: each its own
+    from dpo_retrieval.experiment.variants import variant_config
+
+    unresolved = CompareArgs(dataset="scifact", output="runs/x", dpo=DPOArgs(policy=policy))
+    assert variant_config(unresolved, "dpo")[1].learning_rate == 1e-4
+    assert variant_config(unresolved, "dpo")[1].num_train_epochs == PRESETS["quick"]["num_train_epochs"]
     # the preset fills only what was not set; the mining seed is compare's seed
     (cfg,) = parse_command("compare", [*COMPARE, "--lr", "1e-3", "--seed", "3", "--preset", "full"])
     cfg = cfg.resolved()
-    assert cfg.learning_rate == 1e-3 and cfg.per_device_train_batch_size == 32 and cfg.max_triplets is None
+    assert cfg.learning_rate == 1e-3 and cfg.per_device_train_batch_size is None and cfg.max_triplets is None
     assert cfg.mining.seed == 3
 
 

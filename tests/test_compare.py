@@ -101,7 +101,7 @@ def test_compare_end_to_end_then_skips_every_stage(tmp_path, tiny_model_path, ca
     triplets_mtime = (out / "mine" / "triplets.jsonl").stat().st_mtime_ns
     base_eval = out / "eval" / "base" / "tiny.json"
     base_mtime = base_eval.stat().st_mtime_ns
-    assert main(compare_args(tiny_model_path, data, out, "--eval-datasets", str(ood), "--lr", "1e-4")) == 0
+    assert main(compare_args(tiny_model_path, data, out, "--eval-datasets", str(ood), "--lr", "3e-4")) == 0
     assert (out / "mine" / "triplets.jsonl").stat().st_mtime_ns == triplets_mtime
     assert base_eval.stat().st_mtime_ns == base_mtime
     assert model_file.stat().st_mtime_ns != before[model_file]
@@ -483,9 +483,11 @@ def test_train_negatives_enter_the_stage_key_only_when_set(tmp_path):
     negatives, settings = key(plain, "dpo")
     assert negatives is None and "negatives" not in settings
     assert settings == {**key(CompareArgs(dataset="scifact", output=str(tmp_path / "run"), losses="dpo",
-                                          train_negatives=1), "dpo")[1]}
-    with pytest.raises(UserInputError, match="train_negatives: 2 is more than the 1 mined per positive"):
-        CompareArgs(dataset="scifact", output=str(tmp_path / "run"), train_negatives=2)
+                                          train_negatives=4), "dpo")[1]}  # dpo's default 4 is all mined: no option
+    contrastive = CompareArgs(dataset="scifact", output=str(tmp_path / "run"), losses="contrastive")
+    assert key(contrastive, "contrastive")[0] == 2  # its own default, the first 2 of the 4 mined
+    with pytest.raises(UserInputError, match="train_negatives: 5 is more than the 4 mined per positive"):
+        CompareArgs(dataset="scifact", output=str(tmp_path / "run"), train_negatives=5)
 
 
 def test_compare_wise_ft_evaluates_the_interpolated_model(tmp_path, tiny_model_path):
@@ -522,7 +524,7 @@ def test_compare_variants(tmp_path, tiny_model_path, capsys, caplog):
 
     data = write_tiny_beir(tmp_path / "tiny")
     out = tmp_path / "run"
-    variants = {"dpo-hinge": {"loss": "dpo", "loss_type": "hinge", "hinge_margin": 0.5, "learning_rate": 1e-4},
+    variants = {"dpo-hinge": {"loss": "dpo", "loss_type": "hinge", "hinge_margin": 0.5, "learning_rate": 3e-5},
                 "contrastive": {"num_train_epochs": 2, "wise_ft": [0.5]},
                 "dpo-sigmoid": {"loss": "dpo", "policy": "sigmoid"}}
     cfg = CompareArgs(dataset=str(data), output=str(out), model=tiny_model_path, max_triplets=10,
@@ -536,13 +538,17 @@ def test_compare_variants(tmp_path, tiny_model_path, capsys, caplog):
               for n in ("dpo", "dpo-hinge", "contrastive", "dpo-sigmoid")}
     assert stages["dpo"]["loss"] == stages["dpo-hinge"]["loss"] == "dpo"
     assert (stages["dpo"]["loss_type"], stages["dpo-hinge"]["loss_type"]) == ("sigmoid", "hinge")
-    assert stages["dpo-hinge"]["hinge_margin"] == 0.5 and stages["dpo-hinge"]["learning_rate"] == 1e-4
-    assert stages["dpo"]["learning_rate"] == 5e-5  # the preset's: a variant changes only itself
+    assert stages["dpo-hinge"]["hinge_margin"] == 0.5 and stages["dpo-hinge"]["learning_rate"] == 3e-5
+    assert stages["dpo"]["learning_rate"] == 1e-4  # dpo's own default: a variant changes only itself
     assert (stages["contrastive"]["num_train_epochs"], stages["contrastive"]["loss"]) == (2, "contrastive")
     # a variant's policy brings that policy's default beta and scale (sigmoid: 10, 10), not the run's
     assert (stages["dpo-sigmoid"]["policy"], stages["dpo-sigmoid"]["beta"], stages["dpo-sigmoid"]["scale"]) == (
         "sigmoid", 10.0, 10.0)
-    assert (stages["dpo"]["beta"], stages["dpo"]["scale"]) == (1.0, 20.0)
+    assert (stages["dpo"]["beta"], stages["dpo"]["scale"]) == (10.0, 20.0)
+    models = json.loads((out / "report.json").read_text())["config"]["models"]  # what each model trained with
+    assert (models["dpo-hinge"]["learning_rate"], models["dpo"]["learning_rate"], models["dpo"]["beta"]) == (
+        3e-5, 1e-4, 10.0)
+    assert models["contrastive"]["mnrl_scale"] == 20.0 and "beta" not in models["contrastive"]
     # wise_ft only where the variant asked for it
     assert (out / "models" / "contrastive-wiseft0.5").is_dir()
     assert not (out / "models" / "dpo-wiseft0.5").exists()
@@ -563,8 +569,8 @@ def test_compare_variants(tmp_path, tiny_model_path, capsys, caplog):
     ('[1]', "dpo", "variants: must map names to options"),
     ('{x', "dpo", "variants: not a JSON mapping"),
     ('{"x": {"loss": "dpo"}}', "y", "losses: unknown y; choose from"),
-    ('{"x": {"loss": "dpo", "train_negatives": 2}}', "x",
-     "variants: x: train_negatives: 2 is more than the 1 mined per positive; mine at least 2 (negatives: 2)"),
+    ('{"x": {"loss": "dpo", "train_negatives": 5}}', "x",
+     "variants: x: train_negatives: 5 is more than the 4 mined per positive; mine at least 5 (negatives: 5)"),
     ('{"x": {"loss": "dpo", "train_negatives": 0}}', "x", "variants: x: train_negatives: must be > 0"),
     (None, "dpo,dpo", "losses: each name once"),
 ])

@@ -34,12 +34,16 @@ def triplets(tmp_path) -> str:
 
 
 def test_quick_dpo_config_is_the_quick_presets_dpo_training():
+    from dpo_retrieval.experiment.compare_args import CompareArgs
+
     cfg, dpo, args = train_parser().parse_yaml_file(REPO / "configs" / "quick_dpo.yaml")
-    quick = PRESETS["quick"]
-    assert (cfg.loss, dpo.policy, dpo.scale, dpo.beta) == ("dpo", "linear", 20.0, 1.0)
+    quick = CompareArgs(dataset="scifact", output="runs/x", losses=["dpo"], preset="quick").resolved()
+    assert (cfg.loss, dpo.policy) == ("dpo", "linear")
+    assert (dpo.scale, dpo.beta) == (quick.dpo.scale, quick.dpo.beta) == (20.0, 10.0)
     assert (args.learning_rate, args.per_device_train_batch_size, args.num_train_epochs, cfg.max_seq_length,
-            args.seed) == (quick["learning_rate"], quick["per_device_train_batch_size"], quick["num_train_epochs"],
-                    quick["train_max_seq_length"], 42)
+            cfg.negatives, args.seed) == (quick.learning_rate, quick.per_device_train_batch_size,
+                                          quick.num_train_epochs, quick.train_max_seq_length, quick.train_negatives,
+                                          quick.seed)
     assert args.report_to in ("none", [], ["none"])
 
 

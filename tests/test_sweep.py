@@ -124,8 +124,8 @@ def test_bad_grid_fails_before_training(tmp_path, tiny_model_path, mined):
     with pytest.raises(UserInputError, match="unknown or reserved option 'betta'"):
         run_sweep(SweepArgs(grid=str(grid)))
     assert not (tmp_path / "sweep").exists()
-    grid = _grid(tmp_path, data, mine, tiny_model_path, negatives=[1, 2])  # the mined file has 1 per positive
-    with pytest.raises(UserInputError, match=r"negatives: 2 asked for, but .*triplets.jsonl has 1 negative per"):
+    grid = _grid(tmp_path, data, mine, tiny_model_path, negatives=[1, 5])  # the mined file has 4 per positive
+    with pytest.raises(UserInputError, match=r"negatives: 5 asked for, but .*triplets.jsonl has 4 negatives per"):
         run_sweep(SweepArgs(grid=str(grid)))
     assert not (tmp_path / "sweep").exists()
     bad = tmp_path / "bad.yaml"

@@ -49,8 +49,9 @@ def test_each_new_loss_trains_and_saves(tmp_path, tiny_model_path, loss, dpo):
         assert "sdpo/top1" in steps[0]
 
 
-@pytest.mark.parametrize("loss,dpo", [("sdpo", {"sdpo_gamma": 0.0}), ("dpo+mnrl", {"mnrl_weight": 1.0}),
-                                      ("cmnrl", {"mini_batch_size": 2})], ids=["sdpo-gamma0", "dpo+mnrl-1", "cmnrl"])
+@pytest.mark.parametrize("loss,dpo", [("sdpo", {"sdpo_gamma": 0.0, "beta": 1.0}), ("dpo+mnrl", {"mnrl_weight": 1.0}),
+                                      ("cmnrl", {"mini_batch_size": 2, "mnrl_scale": 20.0})],
+                         ids=["sdpo-gamma0", "dpo+mnrl-1", "cmnrl"])
 def test_variants_that_reduce_to_the_contrastive_loss_start_at_its_loss(tmp_path, tiny_model_path, loss, dpo):
     """Without dropout, step 1 (before any update, same batch) of sdpo at gamma 0 (beta*scale = 20),
     dpo+mnrl at lambda 1 and cmnrl is the contrastive baseline's step-1 loss."""

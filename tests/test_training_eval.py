@@ -71,7 +71,7 @@ def test_eval_rewards_are_logged_apart_from_training_rewards(tmp_path, tiny_mode
     eval_rows = [(q, q, n) for q, _, n in TRIPLETS[:4]]
     out = tmp_path / "out"
     assert main(args(tiny_model_path, write_triplets(tmp_path / "t.jsonl", train_rows), out, "--max-steps", "4",
-                     "--lr", "1e-7", "--reference_free", "--dropout", "off", "--logging-steps", "2", "--eval_strategy", "steps",
+                     "--lr", "1e-7", "--reference_free", "--beta", "1", "--dropout", "off", "--logging-steps", "2", "--eval_strategy", "steps",
                      "--eval_steps", "1", "--eval_triplets", str(write_triplets(tmp_path / "e.jsonl", eval_rows)))) == 0
     log = read_log(out)
     evals = [r for r in log if "eval_loss" in r]

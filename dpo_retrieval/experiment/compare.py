@@ -84,6 +84,16 @@ def train_settings(inputs, loss: str, dpo: DPOArgs, targs) -> dict:
     return {**own, **loss_settings(loss, dpo), **{k: getattr(targs, k) for k in TRAINING_KEY}}
 
 
+def model_settings(loss: str, own: CompareArgs) -> dict:
+    """What one model of the run trains with (its variant's resolved config): the loss, the budget, its negatives
+    and the loss options it reads (the report's ``config.models``, so per-loss defaults are on record)."""
+    budget = ("train_max_seq_length", "train_negatives", "num_train_epochs", "per_device_train_batch_size",
+              "learning_rate", "warmup_steps")
+    reads = set(LOSS_FIELDS.get(loss, ())) | {"dropout"}
+    return {"loss": loss, **{k: getattr(own, k) for k in budget},
+            **{k: v for k, v in dataclasses.asdict(own.dpo).items() if k in reads}}
+
+
 def check_options(cfg: CompareArgs) -> tuple[CompareArgs, str]:
     """Every option check of the whole run, before any dataset or model is read or anything written:
     the resolved config and the precision encoding and training really use (raises UserInputError)."""
@@ -136,7 +146,8 @@ def _run_stages(cfg: CompareArgs, plan: dict, precision: str, seeds: list[int], 
     from dpo_retrieval.training import train
     from dpo_retrieval.training.merge import merge_models
 
-    write_json({**dataclasses.asdict(cfg), "seeds": list(seeds)}, run / "config.json", default=str)
+    models = {name: model_settings(loss, own) for name, (loss, own) in plan.items()}
+    write_json({**dataclasses.asdict(cfg), "seeds": list(seeds), "models": models}, run / "config.json", default=str)
     digests: dict[str, str] = {}
 
     def docs_digest(ds) -> str:
@@ -270,7 +281,7 @@ def _run_stages(cfg: CompareArgs, plan: dict, precision: str, seeds: list[int], 
     # 5. report -------------------------------------------------------------------------------
     logs = {name: _read_log(run / "models" / name / "train_log.jsonl") for name in model_dirs if name != "base"}
     results = {"dataset_runs": dataset_runs, "training_logs": logs,
-               "config": {**dataclasses.asdict(cfg), "seeds": list(seeds),
+               "config": {**dataclasses.asdict(cfg), "seeds": list(seeds), "models": models,
                           "wall_time_s": round(time.perf_counter() - started, 1)}}
     return write_report(results, run, seed=cfg.seed)
 

@@ -11,17 +11,17 @@ from dpo_retrieval.errors import UserInputError, positive, require
 from dpo_retrieval.experiment.variants import parse_variants
 from dpo_retrieval.mining import MineArgs
 from dpo_retrieval.retrieval.args import ModelArgs, ScoringArgs
-from dpo_retrieval.training.args import LOSSES, DPOArgs
+from dpo_retrieval.training.args import LOSSES, TRAINING_DEFAULTS, DPOArgs, budget_defaults
+from dpo_retrieval.training.defaults import BUDGET, describe, loss_default
 
-#: The presets. ``quick`` trains on a fixed-seed subsample of the mined triplets with a shorter
-#: max length so the whole comparison fits in about 15 minutes on a 2-core CPU; evaluation is
-#: still on the full test split at max length 256. ``full`` is the real experiment. A preset fills
-#: only the fields left None.
+#: The presets: budgets. ``quick`` trains on a fixed-seed subsample of the mined triplets for one epoch at a
+#: shorter max length, so the whole comparison fits in well under half an hour on a 2-core CPU; evaluation is
+#: still on the full test split at max length 256. ``full`` trains on every triplet for each loss's own number
+#: of epochs. A preset fills only the fields left None; what it leaves None (learning rate, batch size, epochs
+#: under ``full``, negatives) is each loss's default (:mod:`dpo_retrieval.training.defaults`).
 PRESETS = {
-    "quick": {"max_triplets": 256, "train_max_seq_length": 128, "num_train_epochs": 1.0,
-              "per_device_train_batch_size": 32, "learning_rate": 5e-5},
-    "full": {"max_triplets": None, "train_max_seq_length": 256, "num_train_epochs": 1.0,
-             "per_device_train_batch_size": 32, "learning_rate": 2e-5},
+    "quick": {"max_triplets": 256, "train_max_seq_length": 128, "num_train_epochs": 1.0},
+    "full": {"max_triplets": None, "train_max_seq_length": 256},
 }
 #: DPOArgs fields only the DPO loss reads (training.build_loss / train): left out of the other
 #: losses' stage keys, so a DPO-only change does not retrain contrastive or dpr.
@@ -73,11 +73,15 @@ class CompareArgs(ScoringArgs, ModelArgs):
     train_max_seq_length: int | None = field(default=None, metadata={"help": "tokens per text in training"})
     train_negatives: int | None = field(default=None, metadata={
         "help": "train on the first N mined negatives of each triplet, at most --negatives (train's --negatives; "
-                "default: all)"})
-    num_train_epochs: float | None = field(default=None, metadata={"help": "training epochs (default: the preset's)"})
+                "default by loss, at most --negatives: " + describe("negatives") + "; other losses: all)"})
+    num_train_epochs: float | None = field(default=None, metadata={
+        "help": "training epochs (default: the preset's, else by loss: " + describe("num_train_epochs") + ")"})
     per_device_train_batch_size: int | None = field(default=None, metadata={
-        "help": "triplets per training batch (default: the preset's)"})
-    learning_rate: float | None = field(default=None, metadata={"help": "learning rate (default: the preset's)"})
+        "help": "triplets per training batch (default by loss: " + describe("per_device_train_batch_size") +
+                "; other losses " + f"{TRAINING_DEFAULTS['per_device_train_batch_size']})"})
+    learning_rate: float | None = field(default=None, metadata={
+        "help": "learning rate (default by loss: " + describe("learning_rate") +
+                f"; other losses {TRAINING_DEFAULTS['learning_rate']:g})"})
     warmup_steps: float = field(default=0.1, metadata={"help": "warm-up: a ratio of the steps (< 1) or steps"})
     seed: int = field(default=42, metadata={"help": "seed for mining, subsampling and training"})
     seeds: list[str] = field(default_factory=list, metadata={
@@ -126,10 +130,20 @@ class CompareArgs(ScoringArgs, ModelArgs):
         self.dpo.resolved()  # checks every DPO field
 
     def resolved(self) -> "CompareArgs":
-        """The preset's values where a budget field is None, the policy's beta and scale where None (what
-        the report records as used), and this seed in the mining settings."""
+        """The preset's values where a budget field is None; for a config of one loss (a variant's, see
+        ``variant_config``) that loss's defaults where still None (:mod:`dpo_retrieval.training.defaults`:
+        learning rate, epochs, batch size, negatives at most the mined, loss options), the policy's beta and
+        scale where None (what the report records as used), and this seed in the mining settings. A config
+        of several losses leaves the per-loss fields None (each model's are in the report's ``models``)."""
         values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in PRESETS[self.preset].items()}
-        return dataclasses.replace(self, **values, dpo=self.dpo.resolved(),
+        loss = self.losses[0] if len(self.losses) == 1 and self.losses[0] in LOSSES else None
+        if loss is not None:
+            values.update({k: v for k, v in budget_defaults(loss).items()
+                           if k in BUDGET and values.get(k, getattr(self, k)) is None})
+            default = loss_default(loss, "negatives")
+            if self.train_negatives is None and default is not None:
+                values["train_negatives"] = min(default, self.mining.negatives)
+        return dataclasses.replace(self, **values, dpo=self.dpo.resolved(loss),
                                    mining=dataclasses.replace(self.mining, seed=self.seed))
 
 

@@ -157,9 +157,40 @@ def split_options(options: dict) -> tuple[dict, dict, dict]:
             {k: v for k, v in options.items() if k in hf and k not in own | dpo})
 
 
-def train_key(options: dict, triplets_digest: str, base_key: str) -> tuple[dict, str]:
-    """A point's training stage key and its hash (the row's ``train_hash``), known without training."""
+#: the defaults of the settings that became per-loss (``training.defaults``, 2026-12-06), as they were before:
+#: a point's key holds a setting it does not give only where today's default differs from these, so a point
+#: recorded before keeps its key unless what it trains with changed (``negatives``: None is every negative)
+LEGACY_DEFAULTS = {"learning_rate": 2e-5, "num_train_epochs": 1.0, "per_device_train_batch_size": 32,
+                   "mnrl_scale": 20.0, "mnrl_weight": 0.5, "negatives": None, "beta": {"linear": 1.0, "sigmoid": 10.0}}
+
+
+def defaulted_settings(options: dict, file_negatives: int) -> dict:
+    """The settings ``options`` leaves to a default whose value now differs from :data:`LEGACY_DEFAULTS`
+    (with a triplet file of ``file_negatives`` negatives per row): what a point's key must add to its options."""
+    from dpo_retrieval.experiment.compare_args import LOSS_FIELDS
+    from dpo_retrieval.training.args import DPOArgs, budget_defaults
+    from dpo_retrieval.training.defaults import loss_default
+
+    loss = options.get("loss", "dpo")
+    dpo_fields = {f.name for f in dataclasses.fields(DPOArgs)}
+    dpo = DPOArgs(**{k: v for k, v in options.items() if k in dpo_fields}).resolved(loss)
+    negatives = loss_default(loss, "negatives")
+    now = {**{k: v for k, v in budget_defaults(loss).items() if k in LEGACY_DEFAULTS},
+           "mnrl_scale": dpo.mnrl_scale, "mnrl_weight": dpo.mnrl_weight, "beta": dpo.beta,
+           "negatives": None if negatives is None or negatives >= file_negatives else negatives}
+    legacy = {**LEGACY_DEFAULTS, "beta": LEGACY_DEFAULTS["beta"][dpo.policy]}
+    reads = set(LOSS_FIELDS.get(loss, ()))  # a loss option the loss does not read changes nothing
+    return {k: v for k, v in now.items() if k not in options and v != legacy[k]
+            and (k not in ("mnrl_scale", "mnrl_weight", "beta") or k in reads)}
+
+
+def train_key(options: dict, triplets_digest: str, base_key: str, file_negatives: int = 1) -> tuple[dict, str]:
+    """A point's training stage key and its hash (the row's ``train_hash``), known without training: its options
+    and the defaulted settings that differ from before per-loss defaults (:func:`defaulted_settings`)."""
     key = {"base": base_key, "triplets": triplets_digest, "options": options}
+    changed = defaulted_settings(options, file_negatives)
+    if changed:
+        key["defaults"] = changed
     return key, fingerprint(key)
 
 
@@ -172,8 +203,8 @@ def _train_point(options: dict, triplets: Path, out: Path, args: SweepArgs, key:
 
     own, dpo, hf = split_options(options)
     inputs = TrainArgs(triplets=str(triplets), **{"precision": args.precision, "device": args.device, **own}).check()
-    dpo_args = DPOArgs(**dpo).resolved()
-    targs = training_arguments(str(out / "model"), **{"logging_steps": 1, "save_steps": CHECKPOINT_STEPS, "disable_tqdm": True,
+    dpo_args = DPOArgs(**dpo).resolved(inputs.loss)
+    targs = training_arguments(str(out / "model"), inputs.loss, **{"logging_steps": 1, "save_steps": CHECKPOINT_STEPS, "disable_tqdm": True,
                                                               **hf})
     stage = Stage(out / "train.stage.json", key)
     if not stage.done():
@@ -289,9 +320,10 @@ def run_sweep(args: SweepArgs) -> dict:
     summary = {"grid": spec, "sweep": dataclasses.asdict(args), "dev_queries": len(dev_qids),
                "fast_pool_docs": pool_docs, "corpus_docs": len(dev.doc_ids), "points": []}
     digest = _file_digest(triplets)
+    file_negatives = sum(1 for c in data.column_names if c.startswith("negative_"))
     for i, options in enumerate(points, 1):
         pid = fingerprint({"options": options, "triplets": str(triplets)})
-        stage_key, train_hash = train_key(options, digest, base_key)
+        stage_key, train_hash = train_key(options, digest, base_key, file_negatives)
         row = rows.get(pid) or {}
         if (row.get("train_hash") != train_hash or row.get("fast_depth") != args.fast_depth
                 or any(row.get(k, scored_with[k]) != v for k, v in current.items())):

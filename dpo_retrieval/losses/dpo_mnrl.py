@@ -31,7 +31,7 @@ def dpo_mnrl_loss(mnrl_losses: Tensor, dpo_losses: Tensor, *, mnrl_weight: float
 
 
 class DPOMNRLLoss(DPOLoss):
-    def __init__(self, model, mnrl_weight: float = 0.5, *, mnrl_scale: float = MNRL_SCALE,
+    def __init__(self, model, mnrl_weight: float = 0.75, *, mnrl_scale: float = MNRL_SCALE,
                  mnrl_similarity: str = MNRL_SIMILARITY, **dpo_options) -> None:
         """``mnrl_weight · MNRL + (1 − mnrl_weight) · DPO`` on the same batch.
 

@@ -6,8 +6,8 @@ sentence-transformers' ``MultipleNegativesRankingLoss``):
     L_i = -log softmax_j( beta * a * (s_ij - gamma * s_ref,ij) )[pos(i)]
 
 with s the policy's similarity, s_ref the frozen reference's and ``beta * a`` the temperature.
-gamma = 0 is MNRL (InfoNCE) at scale ``beta * a`` (with the linear policy's defaults beta 1, a 20:
-exactly the contrastive baseline); gamma = 1 is the Plackett-Luce (top-1) form of DPO, with
+gamma = 0 is MNRL (InfoNCE) at scale ``beta * a`` (with beta 1, a 20: exactly the contrastive baseline;
+the linear policy's defaults are beta 10, a 20, the study's best for sdpo at gamma 1); gamma = 1 is the Plackett-Luce (top-1) form of DPO, with
 log pi = a * s (the linear policy), against the reference. In between, the reference's scores are
 partly subtracted: passages the reference already ranks high weigh less.
 
@@ -60,7 +60,7 @@ class SDPOLoss(nn.Module):
 
         Args:
             model: the SentenceTransformer being trained.
-            beta, scale: the temperature is ``beta * scale`` (defaults: the linear policy's, 1 and 20).
+            beta, scale: the temperature is ``beta * scale`` (defaults: the linear policy's, 10 and 20).
             gamma: in [0, 1]; 0 = MNRL at scale ``beta*scale`` (no reference needed), 1 = listwise DPO.
             reference: an :class:`~dpo_retrieval.training.reference.OnlineReference` that embeds each
                 batch with a frozen encoder; ``None`` when the reference embeddings come precomputed in

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 from dpo_retrieval.errors import positive, require
 from dpo_retrieval.losses import policy_defaults
+from dpo_retrieval.training.defaults import BUDGET, LOSS_OPTIONS, OPTION_FALLBACK, describe, loss_default
 from dpo_retrieval.retrieval.args import BaseModelArgs
 
 if TYPE_CHECKING:
@@ -65,7 +66,8 @@ class TrainArgs(BaseModelArgs):
                 "the batch, -log softmax_j(beta*scale*(s_j - sdpo_gamma*s_ref_j))[positive]"})
     max_seq_length: int = field(default=256, metadata={"help": "tokens per text"})
     negatives: int | None = field(default=None, metadata={
-        "help": "use only the first N hard negatives of each triplet row (default: all)"})
+        "help": "use only the first N hard negatives of each triplet row (default by loss, the study's, at most "
+                "the file's: " + describe("negatives") + "; other losses: all)"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in the output directory"})
     eval_data: str | None = field(default=None, metadata={
         "help": "BEIR dataset (name or directory) whose dev queries are scored against its corpus during training "
@@ -104,7 +106,7 @@ class DPOArgs:
     and the other losses' own (mnrl_weight, mnrl_scale, sdpo_gamma, mini_batch_size)."""
 
     beta: float | None = field(default=None, metadata={
-        "help": "DPO beta: strength of the pull toward the reference (default by policy: linear 1, sigmoid 10)"})
+        "help": "DPO beta: strength of the pull toward the reference (default by policy: linear 10, the study's, sigmoid 10)"})
     scale: float | None = field(default=None, metadata={
         "help": "DPO policy scale a in log pi(p|q) = log sigma(a * s(q,p)) (default by policy: linear 20, sigmoid 10)"})
     policy: Literal["linear", "sigmoid"] = field(default="linear", metadata={
@@ -126,12 +128,13 @@ class DPOArgs:
     dropout: Literal["on", "off"] = field(default="on", metadata={
         "help": "dropout in the trained encoder: on = the model's own; off = p 0, so the DPO policy starts exactly "
                 "at the reference (TRL's DPO default)"})
-    mnrl_weight: float = field(default=0.5, metadata={
+    mnrl_weight: float | None = field(default=None, metadata={
         "help": "dpo+mnrl: weight lambda in [0, 1] of the contrastive term (cosine, scale mnrl_scale) in "
-                "lambda*MNRL + (1-lambda)*DPO; 1 is the contrastive loss, 0 is dpo"})
-    mnrl_scale: float = field(default=20.0, metadata={
+                "lambda*MNRL + (1-lambda)*DPO; 1 is the contrastive loss, 0 is dpo (default: 0.75, the study's)"})
+    mnrl_scale: float | None = field(default=None, metadata={
         "help": "the scale (inverse temperature) of the MNRL softmax over cosine scores for losses contrastive, "
-                "cmnrl and the MNRL term of dpo+mnrl (dpr stays dot product at scale 1); a finite number > 0"})
+                "cmnrl and the MNRL term of dpo+mnrl (dpr stays dot product at scale 1); a finite number > 0 "
+                "(default by loss, the study's: " + describe("mnrl_scale") + ")"})
     sdpo_gamma: float = field(default=1.0, metadata={
         "help": "sdpo: share gamma in [0, 1] of the reference's scores subtracted, "
                 "-log softmax_j(beta*scale*(s_j - gamma*s_ref_j)); 0 is the contrastive loss at scale beta*scale "
@@ -142,9 +145,13 @@ class DPOArgs:
     on_nonfinite: Literal["stop", "skip"] = field(default="stop", metadata={
         "help": "when a loss or gradient is NaN/inf: stop with a message naming the step, or skip the batch"})
 
-    def resolved(self) -> "DPOArgs":
-        """Check every field and fill the policy-dependent beta and scale (raises UserInputError)."""
+    def resolved(self, loss: str | None = None) -> "DPOArgs":
+        """Check every field and fill the policy-dependent beta and scale and ``loss``'s defaults of the loss
+        options left None (:mod:`~dpo_retrieval.training.defaults`; raises UserInputError)."""
         from dpo_retrieval.losses import POLICY_DEFAULTS
+
+        self = dataclasses.replace(self, **{k: loss_default(loss, k, OPTION_FALLBACK[k]) for k in LOSS_OPTIONS
+                                            if getattr(self, k) is None})
 
         require([
             (self.policy in POLICY_DEFAULTS, f"policy: unknown policy {self.policy!r}; choose linear or sigmoid"),
@@ -177,14 +184,21 @@ class DPOArgs:
         return loss in REFERENCE_LOSSES and not self.reference_free and not (loss == "sdpo" and self.sdpo_gamma == 0)
 
 
-def training_arguments(output_dir: str, **overrides) -> "SentenceTransformerTrainingArguments":
-    """sentence-transformers' training arguments with :data:`TRAINING_DEFAULTS` under ``overrides``."""
+def training_arguments(output_dir: str, loss: str | None = None, **overrides) -> "SentenceTransformerTrainingArguments":
+    """sentence-transformers' training arguments: :data:`TRAINING_DEFAULTS`, under ``loss``'s own defaults
+    (:func:`budget_defaults`), under ``overrides`` (None values are left to the defaults)."""
     from sentence_transformers import SentenceTransformerTrainingArguments
 
-    values = {**TRAINING_DEFAULTS, **overrides}
+    values = {**budget_defaults(loss), **{k: v for k, v in overrides.items() if v is not None}}
     # ours first: transformers' own checks raise ValueErrors that do not name the field the same way
     check_training_arguments(SimpleNamespace(**{"gradient_accumulation_steps": 1, **values, "output_dir": output_dir}))
     return SentenceTransformerTrainingArguments(output_dir=str(output_dir), **values)
+
+
+def budget_defaults(loss: str | None) -> dict:
+    """:data:`TRAINING_DEFAULTS` with ``loss``'s own learning rate, epochs and batch size
+    (:data:`~dpo_retrieval.training.defaults.LOSS_DEFAULTS`) where it has them."""
+    return {**TRAINING_DEFAULTS, **{k: loss_default(loss, k) for k in BUDGET if loss_default(loss, k) is not None}}
 
 
 def check_training_arguments(args: "SentenceTransformerTrainingArguments") -> None:

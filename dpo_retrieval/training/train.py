@@ -51,11 +51,24 @@ def training_prompts(model, query_col: str, doc_cols: list[str]) -> dict[str, st
     return prompts
 
 
+def default_negatives(cfg: TrainArgs, dataset) -> int | None:
+    """The negatives per triplet to train on: ``cfg.negatives`` if given, else the loss's default
+    (:mod:`~dpo_retrieval.training.defaults`) capped at what the file has, else None (all)."""
+    from dpo_retrieval.training.defaults import loss_default
+
+    if cfg.negatives is not None:
+        return cfg.negatives
+    default = loss_default(cfg.loss, "negatives")
+    if default is None:
+        return None
+    return min(default, sum(1 for c in dataset.column_names if c.startswith("negative_")))
+
+
 def build_loss(loss: str, model, dpo: DPOArgs | None = None, reference=None, reference_similarity: str | None = None):
     """The loss object for ``loss`` (one of :data:`LOSSES`), set by ``dpo``; the contrastive baselines are
     sentence-transformers' own. ``reference``: an online reference (None: precomputed labels);
     ``reference_similarity``: sdpo's similarity for precomputed reference embeddings (default the policy's)."""
-    dpo = (dpo or DPOArgs()).resolved().check_loss(loss)
+    dpo = (dpo or DPOArgs()).resolved(loss).check_loss(loss)
     options = dict(beta=dpo.beta, scale=dpo.scale, policy=dpo.policy, loss_type=dpo.loss_type,
                    label_smoothing=dpo.label_smoothing, reference_free=dpo.reference_free, reference=reference,
                    hinge_margin=dpo.hinge_margin)
@@ -104,7 +117,7 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None, *, reference_cache: 
     from dpo_retrieval.training.reference import OnlineReference, add_reference_embeddings, add_reference_scores
 
     cfg = cfg.check()
-    dpo = (dpo or DPOArgs()).resolved().check_loss(cfg.loss)
+    dpo = (dpo or DPOArgs()).resolved(cfg.loss).check_loss(cfg.loss)
     check_training_arguments(args)
     check_eval_args(cfg, args)
     output = Path(args.output_dir)
@@ -119,8 +132,8 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None, *, reference_cache: 
         raise UserInputError(f"resume: {output} holds a finished model and no checkpoint to resume")
 
     # Everything that can fail on bad input happens before the output directory exists.
-    dataset = first_negatives(load_triplets(cfg.triplets, corpus=cfg.corpus, queries=cfg.queries), cfg.negatives,
-                              cfg.triplets)
+    dataset = load_triplets(cfg.triplets, corpus=cfg.corpus, queries=cfg.queries)
+    dataset = first_negatives(dataset, default_negatives(cfg, dataset), cfg.triplets)
     evaluates = strategy(args.eval_strategy) != "no"
     eval_dataset = load_eval_triplets(cfg) if evaluates else None
     dev_split = load_dev_split(cfg) if evaluates else None
