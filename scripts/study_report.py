@@ -372,7 +372,8 @@ def readme_block(out: dict) -> str:
                   if c["b"] == best]
     if v:
         lines += ["", "Criteria fixed before the finals (`benchmarks/results/study_scifact.md`):", ""]
-        lines += [f"- {label}: {'holds for ' + ', '.join(v[k]['models']) if v[k]['holds'] else 'does not hold'}"
+        so_far = " so far (provisional)" if v.get("provisional") else ""
+        lines += [f"- {label}: {'holds' + so_far + ' for ' + ', '.join(v[k]['models']) if v[k]['holds'] else 'does not hold' + so_far}"
                   for k, label in _CRITERIA.items() if k in v]
         if v.get("closest"):
             lines.append(f"- the DPO-family model closest to the best contrastive model on SciFact test: "
