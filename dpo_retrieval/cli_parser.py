@@ -24,10 +24,11 @@ _ARGPARSE_WORDING = ((re.compile(r"invalid int value: (.*)"), r"expected an inte
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: ...)" unless the option is required or its help already says what the default is."""
+    """Shows "(default: ...)" unless the option is required or its help already says what the default is
+    ("(default: ...)", "(default by loss: ...)")."""
 
     def _get_help_string(self, action):
-        if action.required or "(default:" in (action.help or ""):
+        if action.required or "(default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
