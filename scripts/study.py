@@ -138,7 +138,7 @@ def first_negative_sha(triplets: Path) -> str:
 def ensure_mine() -> Path:
     """The study's mined triplets and dev split (the same mining as compare's: seed 42, fp32)."""
     if not (MINE / "triplets.jsonl").exists():
-        _cli("mine", "--dataset", "scifact", "--output", str(MINE), "--precision", "fp32")
+        _cli("mine", "--dataset", "scifact", "--output", str(MINE), "--precision", "fp32", "--negatives", "1")
     check_triplets(MINE / "triplets.jsonl", what="the sweeps")
     return MINE
 

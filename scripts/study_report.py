@@ -347,7 +347,7 @@ def readme_block(out: dict) -> str:
                                     f"{'–'.join(str(x) for x in dict.fromkeys([n_seeds[0], n_seeds[-1]]))} of "
                                     f"{len(S.plan()['seeds'])} training seeds per model recorded")
              + ", so nothing below is a finding yet." if not out.get("complete")
-             else f"Complete: every final and data-efficiency seed is recorded.")
+             else "Complete: every final and data-efficiency seed is recorded.")
     lines = [state, "", f"SciFact test (300 queries) and dbpedia-entity-5k (40 queries, out of domain), nDCG@10, "
              "mean ± std over training seeds; harm rate: share of SciFact test queries more than 0.05 below base "
              "(seed-averaged). From `benchmarks/results/study_scifact.json`.", "",

@@ -32,7 +32,7 @@ def main() -> None:
     started, load = time.time(), os.getloadavg()
     if not (RUN / "mine" / "triplets.jsonl").exists():
         subprocess.run([sys.executable, "-m", "dpo_retrieval", "mine", "--dataset", "scifact",
-                        "--output", str(RUN / "mine"), "--precision", "fp32"], check=True, cwd=ROOT)
+                        "--output", str(RUN / "mine"), "--precision", "fp32", "--negatives", "1"], check=True, cwd=ROOT)
     sub = RUN / "train_triplets.jsonl"
     if not sub.exists():  # compare --preset quick's subsample: 256 triplets, seed 42
         triplets = load_triplets(RUN / "mine" / "triplets.jsonl")

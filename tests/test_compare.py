@@ -470,7 +470,7 @@ def test_train_negatives_enter_the_stage_key_only_when_set(tmp_path):
     def key(cfg, name):
         loss, own = variant_config(cfg, name)
         inputs, dpo, targs = _train_config(own, loss, tmp_path / "m", tmp_path / "t.jsonl")
-        return inputs.negatives, train_settings(inputs, loss, dpo, targs)
+        return inputs.negatives, train_settings(inputs, loss, dpo, targs, all_negatives=own.mining.negatives)
 
     variants = {"dpo2": {"loss": "dpo", "train_negatives": 2}, "dpo4": {"loss": "dpo", "train_negatives": 4}}
     cfg = CompareArgs(dataset="scifact", output=str(tmp_path / "run"), losses="dpo,dpo2,dpo4", variants=variants,
@@ -478,10 +478,13 @@ def test_train_negatives_enter_the_stage_key_only_when_set(tmp_path):
     check_options(cfg)
     assert key(cfg, "dpo")[0] == 1 and key(cfg, "dpo")[1]["negatives"] == 1
     assert key(cfg, "dpo2")[1]["negatives"] == 2
-    assert key(cfg, "dpo4")[0] is None and "negatives" not in key(cfg, "dpo4")[1]  # all mined: no option
+    assert key(cfg, "dpo4")[0] == 4 and "negatives" not in key(cfg, "dpo4")[1]  # all mined: not in the key
     plain = CompareArgs(dataset="scifact", output=str(tmp_path / "run"), losses="dpo")
     negatives, settings = key(plain, "dpo")
-    assert negatives is None and "negatives" not in settings
+    assert negatives == 4 and "negatives" not in settings
+    # a number given explicitly reaches train() even where a loss's default is smaller (contrastive: 2)
+    every = CompareArgs(dataset="scifact", output=str(tmp_path / "run"), losses="contrastive", train_negatives=4)
+    assert key(every, "contrastive")[0] == 4 and "negatives" not in key(every, "contrastive")[1]
     assert settings == {**key(CompareArgs(dataset="scifact", output=str(tmp_path / "run"), losses="dpo",
                                           train_negatives=4), "dpo")[1]}  # dpo's default 4 is all mined: no option
     contrastive = CompareArgs(dataset="scifact", output=str(tmp_path / "run"), losses="contrastive")

@@ -116,3 +116,18 @@ def test_a_sweep_points_key_changes_only_where_what_it_trains_with_changed():
         "negatives": 2}
     assert defaulted_settings({"loss": "dpo"}, file_negatives=1) == {
         "learning_rate": 1e-4, "num_train_epochs": 4.0, "beta": 10.0}
+
+
+def test_a_sweep_option_set_to_none_or_made_moot_is_not_given():
+    base = {"loss": "contrastive", "num_train_epochs": 1, "per_device_train_batch_size": 32, "learning_rate": 2e-5,
+            "mnrl_scale": 20}
+    assert defaulted_settings({**base, "negatives": None}, file_negatives=4) == {"negatives": 2}
+    steps = {k: v for k, v in base.items() if k != "num_train_epochs"}
+    assert defaulted_settings({**steps, "max_steps": 5}, file_negatives=1) == {}  # epochs do not matter
+    assert defaulted_settings(steps, file_negatives=1) == {"num_train_epochs": 2.0}
+
+
+def test_a_run_of_several_losses_records_their_options_as_given():
+    cfg = CompareArgs(dataset="scifact", output="r", losses=["contrastive", "cmnrl"]).resolved()
+    assert cfg.dpo.mnrl_scale is None and cfg.dpo.mnrl_weight is None and cfg.learning_rate is None
+    assert CompareArgs(dataset="scifact", output="r", losses=["cmnrl"]).resolved().dpo.mnrl_scale == 40.0

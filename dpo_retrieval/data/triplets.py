@@ -79,6 +79,7 @@ __all__ = [
     "POSITIVE",
     "load_beir_corpus",
     "load_beir_queries",
+    "count_negatives",
     "first_negatives",
     "load_triplets",
     "negative_columns",
@@ -254,13 +255,18 @@ def load_triplets(path: str | os.PathLike, *, corpus: str | os.PathLike | None =
     return ds
 
 
+def count_negatives(dataset: "datasets.Dataset") -> int:
+    """Hard negatives per row of a loaded triplet dataset (its ``negative_<i>`` columns)."""
+    return sum(1 for c in dataset.column_names if c.startswith("negative_"))
+
+
 def first_negatives(dataset: "datasets.Dataset", n: int | None, source: str | os.PathLike) -> "datasets.Dataset":
     """``dataset`` (as :func:`load_triplets` returns it) with only its first ``n`` negatives per row, the
     columns ``negative_{n+1}..`` dropped; None keeps all. A file with fewer than ``n`` negatives per row
     (``source`` names it) raises :class:`UserInputError` naming the ``negatives`` option."""
     if n is None:
         return dataset
-    k = sum(1 for c in dataset.column_names if c.startswith("negative_"))
+    k = count_negatives(dataset)
     if k < n:
         raise UserInputError(f"negatives: {n} asked for, but {os.fspath(source)} has {k} negative"
                              f"{'s' if k != 1 else ''} per triplet")

@@ -30,7 +30,7 @@ from dpo_retrieval.errors import UserInputError
 from dpo_retrieval.experiment.compare_args import (  # noqa: F401  (re-exported: compare's options live there)
     DPO_ONLY, LOSS_FIELDS, METRIC_NAMES, PRESETS, CompareArgs, loss_settings, training_seeds)
 from dpo_retrieval.experiment.stages import Stage, _dataset_stamp, fingerprint  # noqa: F401
-from dpo_retrieval.experiment.variants import seed_model_name, variant_config, wise_ft_name
+from dpo_retrieval.experiment.variants import VARIANT_OPTIONS, seed_model_name, variant_config, wise_ft_name
 from dpo_retrieval.training.args import DPOArgs
 
 logger = logging.getLogger(__name__)
@@ -62,10 +62,10 @@ def _train_config(cfg: CompareArgs, loss: str, output: Path, triplets: Path):
     from dpo_retrieval.training.args import (CHECKPOINT_STEPS, TrainArgs, check_training_arguments,
                                              training_arguments)
 
-    # every mined negative (mining.negatives of them) is all of them: no option, so the stage key is unchanged
-    negatives = None if cfg.train_negatives == cfg.mining.negatives else cfg.train_negatives
+    # the number trained on reaches train() as given (None only for a loss without a default: every mined one);
+    # the stage key leaves out "every mined negative" (train_settings), as it did before the option existed
     inputs = TrainArgs(triplets=str(triplets), model=cfg.model, loss=loss, max_seq_length=cfg.train_max_seq_length,
-                       negatives=negatives, device=cfg.device, precision=cfg.precision,
+                       negatives=cfg.train_negatives, device=cfg.device, precision=cfg.precision,
                        trust_remote_code=cfg.trust_remote_code).check()
     args = training_arguments(str(output), num_train_epochs=cfg.num_train_epochs,
                               per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -75,20 +75,20 @@ def _train_config(cfg: CompareArgs, loss: str, output: Path, triplets: Path):
     return inputs, cfg.dpo, args
 
 
-def train_settings(inputs, loss: str, dpo: DPOArgs, targs) -> dict:
+def train_settings(inputs, loss: str, dpo: DPOArgs, targs, all_negatives: int | None = None) -> dict:
     """What a training stage's key holds of its run: the TrainArgs (not the file, which the data stage's hash
     stands for, nor the model's name), the DPOArgs ``loss`` reads and :data:`TRAINING_KEY`. ``negatives``
-    only when set, so the keys of runs made before the option existed still match."""
+    only when it is not every one (None, or ``all_negatives``: the number mined), so the keys of runs made
+    before the option existed still match."""
     own = {k: v for k, v in dataclasses.asdict(inputs).items()
-           if k not in ("triplets", "model") and not (k == "negatives" and v is None)}
+           if k not in ("triplets", "model") and not (k == "negatives" and v in (None, all_negatives))}
     return {**own, **loss_settings(loss, dpo), **{k: getattr(targs, k) for k in TRAINING_KEY}}
 
 
 def model_settings(loss: str, own: CompareArgs) -> dict:
     """What one model of the run trains with (its variant's resolved config): the loss, the budget, its negatives
     and the loss options it reads (the report's ``config.models``, so per-loss defaults are on record)."""
-    budget = ("train_max_seq_length", "train_negatives", "num_train_epochs", "per_device_train_batch_size",
-              "learning_rate", "warmup_steps")
+    budget = [k for k in VARIANT_OPTIONS if k != "wise_ft"]
     reads = set(LOSS_FIELDS.get(loss, ())) | {"dropout"}
     return {"loss": loss, **{k: getattr(own, k) for k in budget},
             **{k: v for k, v in dataclasses.asdict(own.dpo).items() if k in reads}}
@@ -205,7 +205,7 @@ def _run_stages(cfg: CompareArgs, plan: dict, precision: str, seeds: list[int], 
             out = run / "models" / name
             inputs, dpo, targs = _train_config(own, loss, out, train_file)
             targs.seed = train_seed  # the trainer's shuffling, dropout and init; mining keeps cfg.seed
-            settings = train_settings(inputs, loss, dpo, targs)
+            settings = train_settings(inputs, loss, dpo, targs, all_negatives=cfg.mining.negatives)
             # the training texts are the data stage's (its hash covers the mined triplets' key)
             key = {"encoding": encoding_key(base_id, precision, data_stage.hash), "train": settings}
             stage = Stage(run / "models" / f"{name}.stage.json", key)

@@ -12,7 +12,7 @@ from dpo_retrieval.experiment.variants import parse_variants
 from dpo_retrieval.mining import MineArgs
 from dpo_retrieval.retrieval.args import ModelArgs, ScoringArgs
 from dpo_retrieval.training.args import LOSSES, TRAINING_DEFAULTS, DPOArgs, budget_defaults
-from dpo_retrieval.training.defaults import BUDGET, describe, loss_default
+from dpo_retrieval.training.defaults import BUDGET, capped_default, describe
 
 #: The presets: budgets. ``quick`` trains on a fixed-seed subsample of the mined triplets for one epoch at a
 #: shorter max length, so the whole comparison fits in well under half an hour on a 2-core CPU; evaluation is
@@ -75,7 +75,8 @@ class CompareArgs(ScoringArgs, ModelArgs):
         "help": "train on the first N mined negatives of each triplet, at most --negatives (train's --negatives; "
                 "default by loss, at most --negatives: " + describe("negatives") + "; other losses: all)"})
     num_train_epochs: float | None = field(default=None, metadata={
-        "help": "training epochs (default: the preset's, else by loss: " + describe("num_train_epochs") + ")"})
+        "help": "training epochs (default: the preset's, else by loss: " + describe("num_train_epochs") +
+                f"; other losses {TRAINING_DEFAULTS['num_train_epochs']:g})"})
     per_device_train_batch_size: int | None = field(default=None, metadata={
         "help": "triplets per training batch (default by loss: " + describe("per_device_train_batch_size") +
                 "; other losses " + f"{TRAINING_DEFAULTS['per_device_train_batch_size']})"})
@@ -140,11 +141,13 @@ class CompareArgs(ScoringArgs, ModelArgs):
         if loss is not None:
             values.update({k: v for k, v in budget_defaults(loss).items()
                            if k in BUDGET and values.get(k, getattr(self, k)) is None})
-            default = loss_default(loss, "negatives")
-            if self.train_negatives is None and default is not None:
-                values["train_negatives"] = min(default, self.mining.negatives)
-        return dataclasses.replace(self, **values, dpo=self.dpo.resolved(loss),
-                                   mining=dataclasses.replace(self.mining, seed=self.seed))
+            if self.train_negatives is None:
+                values["train_negatives"] = capped_default(loss, self.mining.negatives)
+            dpo = self.dpo.resolved(loss)
+        else:  # several losses: the per-loss options stay as given (each model's are in config.models)
+            dpo = dataclasses.replace(self.dpo.resolved(), mnrl_scale=self.dpo.mnrl_scale,
+                                      mnrl_weight=self.dpo.mnrl_weight)
+        return dataclasses.replace(self, **values, dpo=dpo, mining=dataclasses.replace(self.mining, seed=self.seed))
 
 
 def _seed(text: str):

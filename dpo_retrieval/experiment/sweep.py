@@ -169,18 +169,20 @@ def defaulted_settings(options: dict, file_negatives: int) -> dict:
     (with a triplet file of ``file_negatives`` negatives per row): what a point's key must add to its options."""
     from dpo_retrieval.experiment.compare_args import LOSS_FIELDS
     from dpo_retrieval.training.args import DPOArgs, budget_defaults
-    from dpo_retrieval.training.defaults import loss_default
+    from dpo_retrieval.training.defaults import capped_default
 
-    loss = options.get("loss", "dpo")
+    given = {k: v for k, v in options.items() if v is not None}  # an option set to None is left to its default
+    loss = given.get("loss", "dpo")
     dpo_fields = {f.name for f in dataclasses.fields(DPOArgs)}
-    dpo = DPOArgs(**{k: v for k, v in options.items() if k in dpo_fields}).resolved(loss)
-    negatives = loss_default(loss, "negatives")
+    dpo = DPOArgs(**{k: v for k, v in given.items() if k in dpo_fields}).resolved(loss)
+    negatives = capped_default(loss, file_negatives)
     now = {**{k: v for k, v in budget_defaults(loss).items() if k in LEGACY_DEFAULTS},
            "mnrl_scale": dpo.mnrl_scale, "mnrl_weight": dpo.mnrl_weight, "beta": dpo.beta,
            "negatives": None if negatives is None or negatives >= file_negatives else negatives}
     legacy = {**LEGACY_DEFAULTS, "beta": LEGACY_DEFAULTS["beta"][dpo.policy]}
     reads = set(LOSS_FIELDS.get(loss, ()))  # a loss option the loss does not read changes nothing
-    return {k: v for k, v in now.items() if k not in options and v != legacy[k]
+    unused = {"num_train_epochs"} if (given.get("max_steps") or 0) > 0 else set()  # max_steps decides the length
+    return {k: v for k, v in now.items() if k not in given and k not in unused and v != legacy[k]
             and (k not in ("mnrl_scale", "mnrl_weight", "beta") or k in reads)}
 
 
@@ -250,7 +252,7 @@ def _spearman(pairs: list[tuple[float, float]]) -> dict | None:
 def run_sweep(args: SweepArgs) -> dict:
     """Train and dev-score every grid point (resumable); returns what ``OUTPUT/sweep.json`` holds."""
     from dpo_retrieval.data.beir import load_beir
-    from dpo_retrieval.data.triplets import first_negatives, load_triplets
+    from dpo_retrieval.data.triplets import count_negatives, first_negatives, load_triplets
     from dpo_retrieval.evaluation.metrics import evaluate_run, per_query_metrics, report_metrics
     from dpo_retrieval.experiment.compare import _read_qids
     from dpo_retrieval.experiment.fast_dev import candidate_pool, score_drift, score_pool
@@ -320,7 +322,7 @@ def run_sweep(args: SweepArgs) -> dict:
     summary = {"grid": spec, "sweep": dataclasses.asdict(args), "dev_queries": len(dev_qids),
                "fast_pool_docs": pool_docs, "corpus_docs": len(dev.doc_ids), "points": []}
     digest = _file_digest(triplets)
-    file_negatives = sum(1 for c in data.column_names if c.startswith("negative_"))
+    file_negatives = count_negatives(data)
     for i, options in enumerate(points, 1):
         pid = fingerprint({"options": options, "triplets": str(triplets)})
         stage_key, train_hash = train_key(options, digest, base_key, file_negatives)

@@ -45,6 +45,12 @@ def loss_default(loss: str | None, name: str, fallback=None):
     return LOSS_DEFAULTS.get(loss or "", {}).get(name, fallback)
 
 
+def capped_default(loss: str | None, available: int) -> int | None:
+    """``loss``'s default negatives per triplet, at most ``available`` (None: the loss has none, so every one)."""
+    default = loss_default(loss, "negatives")
+    return None if default is None else min(default, available)
+
+
 def describe(name: str) -> str:
     """``name``'s per-loss defaults for ``--help``: ``"dpo 0.0001, contrastive 0.0002, ..."``."""
     return ", ".join(f"{loss} {d[name]:g}" for loss, d in LOSS_DEFAULTS.items() if name in d)

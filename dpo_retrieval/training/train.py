@@ -54,14 +54,10 @@ def training_prompts(model, query_col: str, doc_cols: list[str]) -> dict[str, st
 def default_negatives(cfg: TrainArgs, dataset) -> int | None:
     """The negatives per triplet to train on: ``cfg.negatives`` if given, else the loss's default
     (:mod:`~dpo_retrieval.training.defaults`) capped at what the file has, else None (all)."""
-    from dpo_retrieval.training.defaults import loss_default
+    from dpo_retrieval.data.triplets import count_negatives
+    from dpo_retrieval.training.defaults import capped_default
 
-    if cfg.negatives is not None:
-        return cfg.negatives
-    default = loss_default(cfg.loss, "negatives")
-    if default is None:
-        return None
-    return min(default, sum(1 for c in dataset.column_names if c.startswith("negative_")))
+    return cfg.negatives if cfg.negatives is not None else capped_default(cfg.loss, count_negatives(dataset))
 
 
 def build_loss(loss: str, model, dpo: DPOArgs | None = None, reference=None, reference_similarity: str | None = None):
@@ -133,7 +129,8 @@ def train(cfg: TrainArgs, args, dpo: DPOArgs | None = None, *, reference_cache: 
 
     # Everything that can fail on bad input happens before the output directory exists.
     dataset = load_triplets(cfg.triplets, corpus=cfg.corpus, queries=cfg.queries)
-    dataset = first_negatives(dataset, default_negatives(cfg, dataset), cfg.triplets)
+    cfg = dataclasses.replace(cfg, negatives=default_negatives(cfg, dataset))  # the summary records what is used
+    dataset = first_negatives(dataset, cfg.negatives, cfg.triplets)
     evaluates = strategy(args.eval_strategy) != "no"
     eval_dataset = load_eval_triplets(cfg) if evaluates else None
     dev_split = load_dev_split(cfg) if evaluates else None
