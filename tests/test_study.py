@@ -426,7 +426,7 @@ def test_negatives_sweeps_train_on_a_checked_second_mining(study, tmp_path, monk
     assert grid["triplets"] == str(neg4 / "triplets.jsonl") and "mine_negatives" not in grid
     assert grid["fixed"] == {"negatives": 1, "loss": "dpo", "beta": 3.0} and grid["mine"] == str(mod.MINE)
     assert read_grid(mod.RUN / "tune" / "dpo_negatives.yaml")["points"] == [{"negatives": 2}, {"negatives": 4}]
-    assert [c[-1] for c in calls] == ["fp32", "4"]
+    assert [list(c[-2:]) for c in calls] == [["--negatives", "1"], ["--negatives", "4"]]  # the study's mining: 1 negative
     assert (neg4 / "corpus_embeddings.npy").read_bytes() == b"npy"  # offered to mine, which checks its key
     record = json.loads((kept / "triplets.json").read_text())
     assert list(record) == [*pinned, "negatives_4"] and {k: record[k] for k in pinned} == pinned
