@@ -318,82 +318,15 @@ def write_study_report() -> dict:
            "plots": _plots(data, drift)}
     S._write(OUT / "study_scifact.json", out)
     (OUT / "study_scifact.results.md").write_text(render(out))
-    update_readme(readme_block(out))
+    from study_readme import readme_block, update_readme
+
+    update_readme(readme_block(out, S.plan()["seeds"]))
     print(render(out))
     return out
 
 
 def _f(x, nd=4):
     return "—" if x is None else f"{x:.{nd}f}"
-
-
-README = Path("README.md")
-README_START = "<!-- study-results:start: written by `python scripts/study.py report`; do not edit -->"
-README_END = "<!-- study-results:end -->"
-_CRITERIA = {"a_in_domain_within_ci_and_better_out_of_domain": "(a) in domain within the CI, better out of domain",
-             "b_better_at_200_or_fewer_triplets": "(b) better than MNRL at 200 triplets or fewer",
-             "c_lower_harm_at_equal_mean": "(c) lower harm rate at an equal mean",
-             "aim_beats_best_contrastive_with_ood_retention": "the aim: better than the best contrastive model "
-                                                              "in domain, out-of-domain retention as good"}
-
-
-def readme_block(out: dict) -> str:
-    """README's Results section body: the finals' table (SciFact test and dbpedia-entity-5k, mean ± std over
-    seeds, harm rate), each DPO-family model against the best contrastive model, and the criteria."""
-    fin, v = out["final"], out.get("verdicts") or {}
-    rows = {ds: {r["model"]: r for r in fin["rows"].get(ds, [])} for ds in (TEST, OOD)}
-    n_seeds = sorted({len(s) for s in fin["seeds"].values()})
-    state = ("**Provisional**: " + ("no final seed recorded yet" if not n_seeds else
-                                    f"{'–'.join(str(x) for x in dict.fromkeys([n_seeds[0], n_seeds[-1]]))} of "
-                                    f"{len(S.plan()['seeds'])} training seeds per model recorded")
-             + ", so nothing below is a finding yet." if not out.get("complete")
-             else "Complete: every final and data-efficiency seed is recorded.")
-    lines = [state, "", f"SciFact test (300 queries) and dbpedia-entity-5k (40 queries, out of domain), nDCG@10, "
-             "mean ± std over training seeds; harm rate: share of SciFact test queries more than 0.05 below base "
-             "(seed-averaged). From `benchmarks/results/study_scifact.json`.", "",
-             "| model | seeds | SciFact test | dbpedia-entity-5k | harm rate |", "|---|---:|---:|---:|---:|"]
-
-    def cell(r):
-        if not r or r.get(METRIC) is None:
-            return "—"
-        std = (r.get("std") or {}).get(METRIC)
-        return _f(r[METRIC]) + ("" if std is None else f" ± {_f(std)}")
-
-    for m, r in rows[TEST].items():
-        harm = "—" if r.get("harm_rate") is None else f"{100 * r['harm_rate']:.1f}%"
-        lines.append(f"| {m} | {len(r.get('seeds') or [])} | {cell(r)} | {cell(rows[OOD].get(m))} | {harm} |")
-    best = v.get("best_contrastive")
-    pairs = [c for ds in (TEST, OOD) for c in fin["comparisons"].get(ds, []) if best and c["b"] == best]
-    if pairs:
-        lines += ["", f"Against the best contrastive model ({best}, chosen on dev), paired over queries, Holm-corrected:",
-                  "", "| A − B | dataset | diff | 95% CI | p (Holm) |", "|---|---|---:|---:|---:|"]
-        lines += [f"| {c['a']} − {c['b']} | {ds} | {c['diff']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | "
-                  f"{c['p_holm']:.3g} |" for ds in (TEST, OOD) for c in fin["comparisons"].get(ds, [])
-                  if c["b"] == best]
-    if v:
-        lines += ["", "Criteria fixed before the finals (`benchmarks/results/study_scifact.md`):", ""]
-        so_far = " so far (provisional)" if v.get("provisional") else ""
-        lines += [f"- {label}: {'holds' + so_far + ' for ' + ', '.join(v[k]['models']) if v[k]['holds'] else 'does not hold' + so_far}"
-                  for k, label in _CRITERIA.items() if k in v]
-        if v.get("closest"):
-            lines.append(f"- the DPO-family model closest to the best contrastive model on SciFact test: "
-                         f"{v['closest']['model']} ({v['closest']['scifact_test_diff']:+.4f})")
-    lines += ["", "Data efficiency: `benchmarks/results/study/data_efficiency.png`; drift against β: "
-              "`benchmarks/results/study/drift_vs_beta.png`; every table: `benchmarks/results/study_scifact.results.md`."]
-    return "\n".join(lines)
-
-
-def update_readme(block: str, readme: Path | None = None) -> bool:
-    """Replace README's block between the study-results markers with ``block`` (False: no markers there)."""
-    readme = readme or README
-    if not readme.exists():
-        return False
-    text = readme.read_text()
-    start, end = text.find(README_START), text.find(README_END)
-    if start < 0 or end < start:
-        return False
-    readme.write_text(text[:start + len(README_START)] + "\n" + block + "\n" + text[end:])
-    return True
 
 
 def render(out: dict) -> str:

@@ -95,3 +95,18 @@ def load(tmp_path):
         return load_triplets(path, cache_dir=cache, **kw)
 
     return _load
+
+
+@pytest.fixture()
+def captured(monkeypatch):
+    """``dpo_retrieval.training.train`` replaced by a recorder: what the command line hands the library."""
+    import dpo_retrieval.training
+
+    seen = {}
+
+    def fake_train(cfg, args, dpo=None):
+        seen.update(cfg=cfg, args=args, dpo=dpo)
+        return Path(args.output_dir)
+
+    monkeypatch.setattr(dpo_retrieval.training, "train", fake_train)
+    return seen

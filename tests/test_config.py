@@ -6,24 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import dpo_retrieval.training
 from dpo_retrieval.cli import main, train_parser
-from dpo_retrieval.experiment.compare import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture()
-def captured(monkeypatch):
-    """train() replaced by a recorder: what the command line hands the library."""
-    seen = {}
-
-    def fake_train(cfg, args, dpo=None):
-        seen.update(cfg=cfg, args=args, dpo=dpo)
-        return Path(args.output_dir)
-
-    monkeypatch.setattr(dpo_retrieval.training, "train", fake_train)
-    return seen
 
 
 @pytest.fixture()

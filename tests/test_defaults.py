@@ -2,11 +2,9 @@
 compare and sweep use the loss's own; an option given always wins; the finals' recorded keys do not move."""
 
 import json
-from pathlib import Path
 
 import pytest
 
-import dpo_retrieval.training
 from dpo_retrieval.cli import main
 from dpo_retrieval.experiment.compare import model_settings
 from dpo_retrieval.experiment.compare_args import CompareArgs
@@ -16,18 +14,6 @@ from dpo_retrieval.mining import MineArgs
 from dpo_retrieval.training.args import TRAINING_DEFAULTS, DPOArgs, TrainArgs, training_arguments
 from dpo_retrieval.training.defaults import LOSS_DEFAULTS
 from dpo_retrieval.training.train import default_negatives
-
-
-@pytest.fixture()
-def captured(monkeypatch):
-    seen = {}
-
-    def fake_train(cfg, args, dpo=None):
-        seen.update(cfg=cfg, args=args, dpo=dpo)
-        return Path(args.output_dir)
-
-    monkeypatch.setattr(dpo_retrieval.training, "train", fake_train)
-    return seen
 
 
 @pytest.fixture()

@@ -23,7 +23,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 def study(tmp_path, monkeypatch):
     """The two scripts with benchmarks/results/study and configs/study moved into tmp_path."""
     monkeypatch.syspath_prepend(str(SCRIPTS))
-    for name in ("study", "study_report", "study_finals", "study_freeze"):
+    for name in ("study", "study_report", "study_finals", "study_freeze", "study_readme"):
         sys.modules.pop(name, None)
     mod = importlib.import_module("study")
     rep = importlib.import_module("study_report")
@@ -34,9 +34,10 @@ def study(tmp_path, monkeypatch):
     monkeypatch.setattr(mod, "KEPT", kept)  # the other two read them through the study module
     monkeypatch.setattr(mod, "CONFIGS", configs)
     monkeypatch.setattr(rep, "OUT", tmp_path / "out")
+    rdm = importlib.import_module("study_readme")  # README's Results block, written by the report
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n## Results\n\n{rep.README_START}\nold\n{rep.README_END}\n\n## Next\n")
-    monkeypatch.setattr(rep, "README", readme)
+    readme.write_text(f"# x\n\n## Results\n\n{rdm.README_START}\nold\n{rdm.README_END}\n\n## Next\n")
+    monkeypatch.setattr(rdm, "README", readme)
     for name, value in [*vars(fin).items(), *vars(frz).items()]:  # one namespace for the tests: study + the others
         if not name.startswith("__") and not hasattr(mod, name):
             monkeypatch.setattr(mod, name, value, raising=False)
@@ -189,8 +190,9 @@ def test_report_picks_best_contrastive_on_dev_and_judges_the_criteria(study):
     assert rows[(64, "dpo")]["seeds"] == [1, 2] and rows[("all", "dpo")]["seeds"] == [1, 2]  # data_seeds only
     md = (rep.OUT / "study_scifact.results.md").read_text()
     assert "sdpo − cmnrl" in md and "holds" in md
-    readme = rep.README.read_text()  # README's Results block, rewritten between its markers
-    assert "\nold\n" not in readme and readme.endswith(f"{rep.README_END}\n\n## Next\n") and "Complete:" in readme
+    rdm = sys.modules["study_readme"]
+    readme = rdm.README.read_text()  # README's Results block, rewritten between its markers
+    assert "\nold\n" not in readme and readme.endswith(f"{rdm.README_END}\n\n## Next\n") and "Complete:" in readme
     assert "| sdpo − cmnrl | scifact |" in readme and "the aim: better than the best contrastive model" in readme
     assert "holds for sdpo" in readme
     assert "| dpo | 6 | no | 0.6600 | loss dpo, beta 0.3, learning_rate 2e-05 |" in md
