@@ -123,7 +123,8 @@ def _export(kept: Path, model: str, seed, shifts: dict, n=300, rng=None):
         datasets[ds] = {"metrics": {"NDCG@10": float(np.mean(list(pq.values())))}, "per_query": {"NDCG@10": pq}}
     path = kept / ("base.json" if model == "base" else f"{model}/seed{seed}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"model": model, "seed": seed, "datasets": datasets, "train_seconds": 10.0}))
+    drift = {} if model == "base" else {"drift_dev": {"pool": 0.1 + 0.01 * seed}}
+    path.write_text(json.dumps({"model": model, "seed": seed, "datasets": datasets, "train_seconds": 10.0, **drift}))
 
 
 def test_report_picks_best_contrastive_on_dev_and_judges_the_criteria(study):
@@ -190,6 +191,11 @@ def test_report_picks_best_contrastive_on_dev_and_judges_the_criteria(study):
     assert rows[(64, "dpo")]["seeds"] == [1, 2] and rows[("all", "dpo")]["seeds"] == [1, 2]  # data_seeds only
     md = (rep.OUT / "study_scifact.results.md").read_text()
     assert "sdpo − cmnrl" in md and "holds" in md
+    # the md holds every test the JSON does: the data section's, the harm tests, the final models' drift
+    assert "| 64 | dpo − mnrl | +0.04" in md and "| all | dpo − mnrl |" in md
+    assert "## Harm on SciFact test against the best contrastive model (cmnrl)" in md
+    assert set(out["harm_vs_best_contrastive"]) == {"dpo", "sdpo"} and "\n| sdpo | " in md.split("## Harm")[1]
+    assert "| dpo | 3 | 0.1200 ± 0.0100 |" in md  # drift 0.11, 0.12, 0.13 over seeds 1-3
     rdm = sys.modules["study_readme"]
     readme = rdm.README.read_text()  # README's Results block, rewritten between its markers
     assert "\nold\n" not in readme and readme.endswith(f"{rdm.README_END}\n\n## Next\n") and "Complete:" in readme
