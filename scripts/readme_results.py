@@ -72,6 +72,12 @@ def reuse_mining(out_dir: Path, source: Path = QUICK_DIR) -> bool:
     return True
 
 
+def mining_summary(out_dir: Path) -> dict | None:
+    """The run's mining record (``mine/mining.json``: settings, train/dev queries, triplets, dropped queries)."""
+    path = out_dir / "mine" / "mining.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def run_one(name: str) -> None:
     exe = shutil.which("dpo-retrieval") or str(Path(sys.executable).with_name("dpo-retrieval"))
     args = RUNS[name]
@@ -99,6 +105,7 @@ def run_one(name: str) -> None:
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mining": mining_summary(out_dir),
         "report": report,
     })
     print(f"[{name}] done in {wall / 60:.1f} min -> benchmarks/results/compare_{name}.json", flush=True)
