@@ -19,7 +19,8 @@ _CRITERIA = {"a_in_domain_within_ci_and_better_out_of_domain": "(a) in domain wi
 
 def readme_block(out: dict, planned_seeds: list[int]) -> str:
     """README's Results section body: the finals' table (SciFact test and dbpedia-entity-5k, mean ± std over
-    seeds, harm rate), each DPO-family model against the best contrastive model, and the criteria."""
+    seeds, harm rate), each DPO-family model against the best contrastive model, the data-efficiency
+    table and the criteria."""
     fin, v = out["final"], out.get("verdicts") or {}
     rows = {ds: {r["model"]: r for r in fin["rows"].get(ds, [])} for ds in (TEST, OOD)}
     n_seeds = sorted({len(s) for s in fin["seeds"].values()})
@@ -50,6 +51,7 @@ def readme_block(out: dict, planned_seeds: list[int]) -> str:
         lines += [f"| {c['a']} − {c['b']} | {ds} | {c['diff']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | "
                   f"{c['p_holm']:.3g} |" for ds in (TEST, OOD) for c in fin["comparisons"].get(ds, [])
                   if c["b"] == best]
+    lines += data_block(out.get("data_efficiency") or {})
     if v:
         lines += ["", "Criteria fixed before the finals (`benchmarks/results/study_scifact.md`):", ""]
         so_far = " so far (provisional)" if v.get("provisional") else ""
@@ -58,9 +60,42 @@ def readme_block(out: dict, planned_seeds: list[int]) -> str:
         if v.get("closest"):
             lines.append(f"- the DPO-family model closest to the best contrastive model on SciFact test: "
                          f"{v['closest']['model']} ({v['closest']['scifact_test_diff']:+.4f})")
-    lines += ["", "Data efficiency: `benchmarks/results/study/data_efficiency.png`; drift against β: "
+    lines += ["", "Data efficiency plotted: `benchmarks/results/study/data_efficiency.png`; drift against β: "
               "`benchmarks/results/study/drift_vs_beta.png`; every table: `benchmarks/results/study_scifact.results.md`."]
     return "\n".join(lines)
+
+
+def data_block(data: dict) -> list[str]:
+    """Data efficiency as one row per training-set size: each model's SciFact test nDCG@10 (mean ± std over the
+    data seeds; "all" is the finals at those seeds) and each DPO-family model's paired difference from the
+    section's reference (MNRL) with its Holm p over the section; empty while no size has a recorded model."""
+    rows = data.get("rows") or []
+    if not any(r["mean"] is not None for r in rows):
+        return []
+    ref = data["reference"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    others = [m for m in models if m != ref]
+    cells = {(str(r["size"]), r["model"]): r for r in rows}
+    tests = {(c["label"], c["model"]): c for c in data.get("comparisons") or []}
+    lines = ["", f"Data efficiency: SciFact test nDCG@10 at each number of training triplets (mean ± std over "
+             f"{max(len(r['seeds']) for r in rows)} seeds; all: the finals at those seeds), and each DPO-family "
+             f"model's difference from {ref}, paired over queries, Holm over the section:", "",
+             "| triplets | " + " | ".join(models) + " | " + " | ".join(f"{m} − {ref} (p Holm)" for m in others) + " |",
+             "|---|" + "---:|" * (len(models) + len(others))]
+    for size in dict.fromkeys(str(r["size"]) for r in rows):
+        def mean(m):
+            r = cells.get((size, m))
+            if not r or r["mean"] is None:
+                return "—"
+            return _f(r["mean"]) + ("" if r.get("std") is None else f" ± {_f(r['std'])}")
+
+        def test(m):
+            c = tests.get((size, m))
+            return "—" if c is None else f"{c['diff']:+.4f} ({c['p_holm']:.3g})"
+
+        lines.append(f"| {size} | " + " | ".join(mean(m) for m in models) + " | "
+                     + " | ".join(test(m) for m in others) + " |")
+    return lines
 
 
 def update_readme(block: str, readme: Path | None = None) -> bool:

@@ -201,6 +201,12 @@ def test_report_picks_best_contrastive_on_dev_and_judges_the_criteria(study):
     assert "\nold\n" not in readme and readme.endswith(f"{rdm.README_END}\n\n## Next\n") and "Complete:" in readme
     assert "| sdpo − cmnrl | scifact |" in readme and "the aim: better than the best contrastive model" in readme
     assert "holds for sdpo" in readme
+    # the data section in README: one row per size, each model's mean and dpo's paired test against mnrl
+    assert "| triplets | mnrl | dpo | dpo − mnrl (p Holm) |" in readme
+    row64 = next(line for line in readme.splitlines() if line.startswith("| 64 | "))
+    assert row64.count(" ± ") == 2 and "| +0.04" in row64  # dpo trained 0.05 above mnrl at 64 triplets
+    assert any(line.startswith("| all | ") for line in readme.splitlines())
+    assert readme.index("| triplets |") < readme.index("Criteria fixed before the finals")
     assert "| dpo | 6 | no | 0.6600 | loss dpo, beta 0.3, learning_rate 2e-05 |" in md
     assert out["best_dev_per_model"]["dpo"] == {"fast_dev": 0.66, "options": t["best_options"], "finished": False}
     assert out["best_dev_per_model"]["mnrl"]["fast_dev"] is None
