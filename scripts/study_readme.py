@@ -78,7 +78,7 @@ def data_block(data: dict) -> list[str]:
     cells = {(str(r["size"]), r["model"]): r for r in rows}
     tests = {(c["label"], c["model"]): c for c in data.get("comparisons") or []}
     lines = ["", f"Data efficiency: SciFact test nDCG@10 at each number of training triplets (mean ± std over "
-             f"{max(len(r['seeds']) for r in rows)} seeds; all: the finals at those seeds), and each DPO-family "
+             f"seeds {', '.join(str(x) for x in sorted({x for r in rows for x in r['seeds']}))}; all: the finals at those seeds), and each DPO-family "
              f"model's difference from {ref}, paired over queries, Holm over the section:", "",
              "| triplets | " + " | ".join(models) + " | " + " | ".join(f"{m} − {ref} (p Holm)" for m in others) + " |",
              "|---|" + "---:|" * (len(models) + len(others))]
