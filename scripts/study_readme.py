@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from study_report import METRIC, OOD, TEST, _f
+from study_report import METRIC, OOD, TEST, _pm
 
 README = Path("README.md")
 README_START = "<!-- study-results:start: written by `python scripts/study.py report`; do not edit -->"
@@ -37,8 +37,7 @@ def readme_block(out: dict, planned_seeds: list[int]) -> str:
     def cell(r):
         if not r or r.get(METRIC) is None:
             return "—"
-        std = (r.get("std") or {}).get(METRIC)
-        return _f(r[METRIC]) + ("" if std is None else f" ± {_f(std)}")
+        return _pm(r[METRIC], (r.get("std") or {}).get(METRIC))
 
     for m, r in rows[TEST].items():
         harm = "—" if r.get("harm_rate") is None else f"{100 * r['harm_rate']:.1f}%"
@@ -87,7 +86,7 @@ def data_block(data: dict) -> list[str]:
             r = cells.get((size, m))
             if not r or r["mean"] is None:
                 return "—"
-            return _f(r["mean"]) + ("" if r.get("std") is None else f" ± {_f(r['std'])}")
+            return _pm(r["mean"], r.get("std"))
 
         def test(m):
             c = tests.get((size, m))

@@ -329,6 +329,11 @@ def _f(x, nd=4):
     return "—" if x is None else f"{x:.{nd}f}"
 
 
+def _pm(mean, std) -> str:
+    """"mean ± std" (just the mean when there is no spread: one seed)."""
+    return _f(mean) + ("" if std is None else " ± " + _f(std))
+
+
 def _diff_cells(c: dict) -> str:
     """A paired comparison's "diff | 95% CI | p (Holm)" cells."""
     return f"{c['diff']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {c['p_holm']:.3g}"
@@ -353,13 +358,12 @@ def render(out: dict) -> str:
         for r in rows:
             std = (r.get("std") or {}).get(METRIC)
             harm = "—" if r.get("harm_rate") is None else f"{100 * r['harm_rate']:.1f}%"
-            spread = "" if std is None else " ± " + _f(std)
-            lines.append(f"| {r['model']} | {len(r['seeds'])} | {_f(r[METRIC])}{spread} | {harm} |")
+            lines.append(f"| {r['model']} | {len(r['seeds'])} | {_pm(r[METRIC], std)} | {harm} |")
         lines += ["", "| A − B | diff | 95% CI | p (Holm) |", "|---|---:|---:|---:|"]
         lines += [f"| {c['a']} − {c['b']} | {_diff_cells(c)} |" for c in fin["comparisons"].get(ds, [])]
     lines += ["", "## Data efficiency (SciFact test nDCG@10)", "", "| triplets | model | mean ± std | seeds |",
               "|---|---|---:|---|"]
-    lines += [f"| {r['size']} | {r['model']} | {_f(r['mean'])} ± {_f(r['std'])} | {r['seeds'] or 'not recorded'} |"
+    lines += [f"| {r['size']} | {r['model']} | {_pm(r['mean'], r['std'])} | {r['seeds'] or 'not recorded'} |"
               for r in out["data_efficiency"]["rows"]]
     comps = out["data_efficiency"].get("comparisons") or []
     if comps:
@@ -379,7 +383,7 @@ def render(out: dict) -> str:
     if drift:
         lines += ["", "## Drift of the final models (mean |s − s_ref| of cosine scores on the dev pool pairs, "
                   "against the base; mean ± std over seeds)", "", "| model | seeds | drift |", "|---|---:|---:|"]
-        lines += [f"| {m} | {d['seeds']} | {_f(d['pool_mean'])}{'' if d['pool_std'] is None else ' ± ' + _f(d['pool_std'])} |"
+        lines += [f"| {m} | {d['seeds']} | {_pm(d['pool_mean'], d['pool_std'])} |"
                   for m, d in drift.items()]
     if out.get("stale_exports_left_out"):
         lines += ["", "Left out (outside the plan's seeds or models): " + ", ".join(out["stale_exports_left_out"])]

@@ -716,7 +716,7 @@ def test_data_runs_the_plans_models_first_and_adds_the_best_variant_after_the_fi
     assert rows[(128, "sdpo")]["seeds"] == [] and rows[(128, "sdpo")]["mean"] is None
     assert {(c["label"], c["model"]) for c in data["comparisons"]} == {("64", "dpo"), ("64", "sdpo"), ("128", "dpo")}
     md = rep.render({"tuning": {}, "final": {"rows": {}, "comparisons": {}}, "data_efficiency": data, "verdicts": None})
-    assert "| 128 | sdpo | — ± — | not recorded |" in md
+    assert "| 128 | sdpo | — | not recorded |" in md
     # "all" (the finals at data_seeds) has sdpo and nothing of mnrl or dpo: plotted without them
     assert rows[("all", "sdpo")]["seeds"] == [1, 2] and rows[("all", "mnrl")]["mean"] is None
     rep._plots(data, {"beta_curve": []})
