@@ -199,7 +199,14 @@ def drift_section(finals: dict) -> dict:
     return {"tuning_points": rows, "beta_curve": [r for r in rows if r["sweep"] == "dpo"], "final_models": final}
 
 
-def _plots(data: dict, drift: dict) -> list[str]:
+def base_score(report: dict) -> float | None:
+    """The base model's SciFact test nDCG@10 in the finals' report (None before it is evaluated)."""
+    rows = (report.get("datasets") or {}).get(TEST, {}).get("rows") or []
+    return next((r.get(METRIC) for r in rows if r.get("model") == "base"), None)
+
+
+def _plots(data: dict, drift: dict, base: float | None = None) -> list[str]:
+    """The data-efficiency plot (with the base's SciFact test nDCG@10 as a dashed line) and drift against beta."""
     from dpo_retrieval.experiment.plots import _new_figure, _save_figure
 
     written = []
@@ -213,6 +220,8 @@ def _plots(data: dict, drift: dict) -> list[str]:
                 continue
             ax.errorbar([sizes.index(r["size"]) for r in pts], [r["mean"] for r in pts],
                         yerr=[r["std"] or 0 for r in pts], marker="o", capsize=3, label=m)
+        if base is not None:
+            ax.axhline(base, color="grey", linestyle="--", linewidth=1, label=f"base ({base:.4f})")
         ax.set_xticks(range(len(sizes)), [str(x) for x in sizes])
         ax.set_xlabel("training triplets")
         ax.set_ylabel("SciFact test nDCG@10 (mean ± std over seeds)")
@@ -315,7 +324,7 @@ def write_study_report() -> dict:
            "stale_exports_left_out": finals["stale"] + data["left_out"],
            "verdicts": ({**verdicts(report, harm, data, p["dpo_models"], best_c), "provisional": not complete}
                         if finals["models"] else None),
-           "plots": _plots(data, drift)}
+           "plots": _plots(data, drift, base_score(report))}
     S._write(OUT / "study_scifact.json", out)
     (OUT / "study_scifact.results.md").write_text(render(out))
     from study_readme import readme_block, update_readme
