@@ -23,7 +23,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 def study(tmp_path, monkeypatch):
     """The two scripts with benchmarks/results/study and configs/study moved into tmp_path."""
     monkeypatch.syspath_prepend(str(SCRIPTS))
-    for name in ("study", "study_report", "study_finals", "study_freeze", "study_readme"):
+    for name in ("study", "study_plots", "study_report", "study_finals", "study_freeze", "study_readme"):
         sys.modules.pop(name, None)
     mod = importlib.import_module("study")
     rep = importlib.import_module("study_report")
@@ -719,7 +719,7 @@ def test_data_runs_the_plans_models_first_and_adds_the_best_variant_after_the_fi
     assert "| 128 | sdpo | — | not recorded |" in md
     # "all" (the finals at data_seeds) has sdpo and nothing of mnrl or dpo: plotted without them
     assert rows[("all", "sdpo")]["seeds"] == [1, 2] and rows[("all", "mnrl")]["mean"] is None
-    rep._plots(data, {"beta_curve": []})
+    rep.plots(data, {"beta_curve": []})
     assert (kept / "data_efficiency.png").exists()
     # the finals' variant before any size recorded it: a row per size with no seeds, in no comparison
     fresh = rep.data_section(p, rep.load_group(kept / "final", sha), sha, ["mnrl", "dpo", "dpo-mnrl"])
