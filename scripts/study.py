@@ -13,6 +13,7 @@ whether the session's CPU has fast bf16.
     python scripts/study.py finals                        # configs/study/final.yaml, seeds of study.yaml
     python scripts/study.py data                          # data efficiency: sizes x seeds of study.yaml
     python scripts/study.py finals --jobs 2               # two trainings side by side (logs: runs/study/logs/)
+    python scripts/study.py ablation --jobs 2             # post hoc: a final model with options changed
     python scripts/study.py report                        # study_scifact.{json,md} + plots
     python scripts/study.py status                        # what is recorded and what is left
 
@@ -278,7 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     f = sub.add_parser("freeze", help="write configs/study/final.yaml from the best dev point of each model's sweeps")
     f.add_argument("--force", action="store_true", help="replace an existing final.yaml (the finals' config)")
     for step, text in (("finals", "configs/study/final.yaml on SciFact test, dev and dbpedia-entity-5k, each seed"),
-                       ("data", "data efficiency: data_models at data_sizes triplets, data_seeds")):
+                       ("data", "data efficiency: data_models at data_sizes triplets, data_seeds"),
+                       ("ablation", "post-hoc ablations: study.yaml's ablations (a final model with options "
+                                    "changed) at ablation_seeds, scored like the finals")):
         sub.add_parser(step, help=text).add_argument(
             "--jobs", type=int, default=1, help="trainings side by side, each on cpu_count // jobs threads, each "
             "logged under runs/study/logs/ (default 1; on 2 CPU cores 2 jobs train ~1.4x faster in all, "
@@ -319,7 +322,9 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 if args.jobs < 1:
                     raise SystemExit(f"study {args.step}: --jobs must be 1 or more, got {args.jobs}")
-                {"finals": study_finals.finals, "data": study_finals.data}[args.step](args.jobs)
+                from study_ablation import ablation
+
+                {"finals": study_finals.finals, "data": study_finals.data, "ablation": ablation}[args.step](args.jobs)
     except UserInputError as err:
         raise SystemExit(f"study {args.step}: {err}") from None
     except subprocess.CalledProcessError as err:

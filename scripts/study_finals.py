@@ -144,30 +144,32 @@ def missing_losses(config: Path, kept: Path, seed: int, extra: list[str], losses
 @dataclass(frozen=True)
 class Unit:
     """One compare call of the finals or the data runs: ``loss`` at ``seed`` from ``config``, in run directory
-    ``out`` (or a job's copy of it), exported to ``kept``."""
+    ``out`` (or a job's copy of it), exported to ``kept`` (``drift``: with its drift on the dev pool, as the
+    protocol asks of the final models)."""
     config: Path
     out: Path
     kept: Path
     seed: int
     loss: str
     extra: tuple[str, ...] = ()
+    drift: bool = False
 
 
 def pending_units(config: Path, out: Path, kept: Path, seeds: list[int], extra: list[str],
-                  losses: list[str]) -> list[Unit]:
+                  losses: list[str], drift: bool = False) -> list[Unit]:
     """The (seed, loss) units of ``losses`` whose export is missing (:func:`missing_losses`), seed by seed."""
-    return [Unit(config, out, kept, seed, loss, tuple(extra)) for seed in sorted(seeds)
+    return [Unit(config, out, kept, seed, loss, tuple(extra), drift) for seed in sorted(seeds)
             for loss in missing_losses(config, kept, seed, list(extra), losses)]
 
 
 def run_unit(config: Path, out: Path, kept: Path, seeds: list[int], extra: list[str], losses: list[str],
-             jobs: int = 1) -> None:
+             jobs: int = 1, drift: bool = False) -> None:
     """Each seed of ``losses`` from ``config`` (a compare config) in run directory ``out``: one compare call per
     (seed, loss) whose export is missing (:func:`missing_losses`), each exported to ``kept`` as soon as it
     finishes, so a session that stops mid-seed keeps every model it finished: every report name of a retrained
     loss (a WiSE-FT model and its loss come from one training), no other model's recorded export. ``jobs``:
     :func:`run_units`."""
-    units = pending_units(config, out, kept, seeds, extra, losses)
+    units = pending_units(config, out, kept, seeds, extra, losses, drift)
     if not units:
         print(f"{kept}: seeds {seeds} of {', '.join(losses)} recorded")
     run_units(units, jobs)
@@ -264,7 +266,7 @@ def run_one(unit: Unit, where: Path, log: Path | None = None, threads: int | Non
     S._cli(*args, log=log, threads=threads)
     S.check_triplets(where / "mine" / "triplets.jsonl", what=str(where))
     export_run(where, unit.kept, config_sha=S.config_sha(unit.config), seeds=[unit.seed], models=new,
-               drift_pool=S._drift_pool() if unit.kept == S.KEPT / "final" else None)  # the protocol: finals only
+               drift_pool=S._drift_pool() if unit.drift else None)
     if log:
         print(f"{unit.kept}: seed {unit.seed}: {unit.loss} done", flush=True)
 
@@ -272,7 +274,7 @@ def run_one(unit: Unit, where: Path, log: Path | None = None, threads: int | Non
 def finals(jobs: int = 1) -> None:
     p = S.plan()
     config = S.CONFIGS / "final.yaml"
-    run_unit(config, S.RUN / "final", S.KEPT / "final", p["seeds"], [], final_losses(config), jobs)
+    run_unit(config, S.RUN / "final", S.KEPT / "final", p["seeds"], [], final_losses(config), jobs, drift=True)
 
 
 def final_losses(config: Path) -> list[str]:
@@ -337,5 +339,8 @@ def status() -> None:
         for n in sorted(p["data_sizes"]):
             got = recorded_seeds(S.KEPT / "data" / f"n{n}", models, sha)
             print(f"data n{n}: seeds recorded for {', '.join(models)}: {sorted(got)} of {p['data_seeds']}")
+        for name in p.get("ablations") or {}:
+            got = recorded_seeds(S.KEPT / "ablation", [name], sha)
+            print(f"ablation {name}: seeds recorded {sorted(got)} of {p['ablation_seeds']}")
     else:
         print("finals: configs/study/final.yaml not written yet (after tuning)")

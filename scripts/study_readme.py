@@ -59,6 +59,7 @@ def readme_block(out: dict, planned_seeds: list[int]) -> str:
         if v.get("closest"):
             lines.append(f"- the DPO-family model closest to the best contrastive model on SciFact test: "
                          f"{v['closest']['model']} ({v['closest']['scifact_test_diff']:+.4f})")
+    lines += ablation_block(out.get("ablations") or {})
     lines += ["", "Data efficiency plotted: `benchmarks/results/study/data_efficiency.png`; drift against β: "
               "`benchmarks/results/study/drift_vs_beta.png`; every table: `benchmarks/results/study_scifact.results.md`."]
     return "\n".join(lines)
@@ -94,6 +95,26 @@ def data_block(data: dict) -> list[str]:
 
         lines.append(f"| {size} | " + " | ".join(mean(m) for m in models) + " | "
                      + " | ".join(test(m) for m in others) + " |")
+    return lines
+
+
+def ablation_block(section: dict) -> list[str]:
+    """The post-hoc ablations (amendment 7) against their final models, one row per evaluation set; empty while
+    none is recorded."""
+    from study_ablation import describe
+
+    comps = section.get("comparisons") or []
+    if not comps:
+        return []
+    seeds = ", ".join(map(str, section["seeds"]))
+    lines = ["", f"Ablations (post hoc; no criterion depends on them): each a final model trained again with an option "
+             f"changed, against that model at the same seeds ({seeds}"
+             + ("" if section.get("complete") else "; provisional: not every seed recorded")
+             + "), paired over queries, Holm over the section:", ""]
+    lines += describe(section["ablations"])
+    lines += ["", "| A − B | dataset | A | B | diff | 95% CI | p (Holm) |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {c['a']} − {c['b']} | {c['dataset']} | {c['mean_a']:.4f} | {c['mean_b']:.4f} | {c['diff']:+.4f} | "
+              f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {c['p_holm']:.3g} |" for c in comps]
     return lines
 
 

@@ -266,6 +266,9 @@ def write_study_report() -> dict:
         dmodels, variant_known = list(p["data_models"]), False
     data = data_section(p, finals, sha, dmodels)
     drift = drift_section(finals)
+    from study_ablation import ablation_section
+
+    ablations = ablation_section(p, finals, sha)  # post hoc: no verdict reads it
     expected = final_models(config) if config.exists() else list(finals["models"])  # every name, every seed
     # every name at every seed with every evaluation set, and the base with them (else a Holm family is short)
     finals_done = group_complete(finals, expected, p["seeds"], (TEST, DEV, OOD))
@@ -280,9 +283,9 @@ def write_study_report() -> dict:
                      "report": str(S.KEPT / "final_report" / "report.json"),
                      "rows": {ds: d["rows"] for ds, d in report["datasets"].items()},
                      "comparisons": {ds: d["comparisons"] for ds, d in report["datasets"].items()}},
-           "harm_vs_best_contrastive": harm, "data_efficiency": data, "drift": drift,
+           "harm_vs_best_contrastive": harm, "data_efficiency": data, "drift": drift, "ablations": ablations,
            "complete": complete, "finals_complete": finals_done, "data_complete": data_done,
-           "stale_exports_left_out": finals["stale"] + data["left_out"],
+           "stale_exports_left_out": finals["stale"] + data["left_out"] + ablations["left_out"],
            "verdicts": ({**verdicts(report, harm, data, p["dpo_models"], best_c), "provisional": not complete}
                         if finals["models"] else None),
            "plots": plots(data, drift, base_score(report))}
@@ -355,6 +358,9 @@ def render(out: dict) -> str:
                   "against the base; mean ± std over seeds)", "", "| model | seeds | drift |", "|---|---:|---:|"]
         lines += [f"| {m} | {d['seeds']} | {_pm(d['pool_mean'], d['pool_std'])} |"
                   for m, d in drift.items()]
+    from study_ablation import render_lines
+
+    lines += render_lines(out.get("ablations") or {})
     if out.get("stale_exports_left_out"):
         lines += ["", "Left out (outside the plan's seeds or models): " + ", ".join(out["stale_exports_left_out"])]
     v = out.get("verdicts")

@@ -23,7 +23,8 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 def study(tmp_path, monkeypatch):
     """The two scripts with benchmarks/results/study and configs/study moved into tmp_path."""
     monkeypatch.syspath_prepend(str(SCRIPTS))
-    for name in ("study", "study_plots", "study_report", "study_finals", "study_freeze", "study_readme"):
+    for name in ("study", "study_plots", "study_report", "study_finals", "study_freeze", "study_readme",
+                 "study_ablation"):
         sys.modules.pop(name, None)
     mod = importlib.import_module("study")
     rep = importlib.import_module("study_report")
@@ -726,6 +727,59 @@ def test_data_runs_the_plans_models_first_and_adds_the_best_variant_after_the_fi
     rows = {(r["size"], r["model"]): r for r in fresh["rows"]}
     assert all(rows[(n, "dpo-mnrl")]["seeds"] == [] and rows[(n, "dpo-mnrl")]["mean"] is None for n in (64, 128, "all"))
     assert "dpo-mnrl" not in {c["model"] for c in fresh["comparisons"]}
+
+
+def test_ablation_trains_a_final_model_with_options_changed_and_tests_it_against_that_model(study, tmp_path,
+                                                                                              monkeypatch):
+    """study.yaml's ablations: one compare call per missing seed, the final model's variant (no WiSE-FT) with `set`
+    on top, scored with the finals' drift; the report tests each ablation against its model at the seeds both have
+    (paired, Holm over the section), says provisional until every ablation seed is in, and no verdict moves."""
+    mod, rep, kept, configs = study
+    abl = importlib.import_module("study_ablation")
+    calls, config, final = _two_losses(study, tmp_path, monkeypatch)
+    fake, variants, drift = mod._cli, [], []
+    monkeypatch.setattr(mod, "_cli", lambda *a, **k: (variants.append(json.loads(a[a.index("--variants") + 1])),
+                                                      fake(*a, **k)))
+    monkeypatch.setattr(mod, "_drift_pool", lambda: drift.append(1))
+    p = yaml.safe_load((configs / "study.yaml").read_text())
+    (configs / "study.yaml").write_text(yaml.safe_dump({**p, "ablations": {"dpo-b1": {"of": "dpo", "set": {"beta": 1.0}}},
+                                                        "ablation_seeds": [1, 2]}))
+    abl.ablation()
+    assert calls == [(None, 1, ["dpo-b1"]), (None, 2, ["dpo-b1"])] and len(drift) == 2
+    assert variants[0] == {"dpo-b1": {"beta": 1.0}}
+    assert sorted(p.relative_to(kept / "ablation").as_posix() for p in (kept / "ablation").rglob("*.json")) == [
+        "base.json", "dpo-b1/seed1.json", "dpo-b1/seed2.json"]
+    calls.clear()
+    abl.ablation()
+    assert calls == []  # all recorded
+    (configs / "study.yaml").write_text(yaml.safe_dump({**p, "ablations": {"x": {"of": "sdpo", "set": {}}},
+                                                        "ablation_seeds": [1]}))
+    with pytest.raises(SystemExit, match="ablation x: its model 'sdpo' is not a variant of"):
+        abl.ablation()
+    # the report: finals of dpo at seeds 1-3, the ablation at seed 1 so far, 0.03 above dpo everywhere
+    (configs / "study.yaml").write_text(yaml.safe_dump({**p, "ablations": {"dpo-b1": {"of": "dpo", "set": {"beta": 1.0}}},
+                                                        "ablation_seeds": [1, 2]}))
+    shutil.rmtree(kept / "ablation")
+    config.unlink()
+    sets = ("scifact", "scifact-dev", "dbpedia-entity-5k")
+    _export(final, "base", None, dict.fromkeys(sets, 0.0))
+    for model, shift in (("mnrl", 0.02), ("cmnrl", 0.01), ("dpo", 0.0), ("sdpo", 0.0)):
+        for seed in (1, 2, 3):
+            _export(final, model, seed, dict.fromkeys(sets, shift))
+    _export(kept / "ablation", "dpo-b1", 1, dict.fromkeys(sets, 0.03))
+    before = rep.write_study_report()
+    sec = before["ablations"]
+    assert not sec["complete"] and {r["seeds"] == [1] for r in sec["rows"]} == {True}  # dpo at seed 1 only
+    assert [(c["a"], c["b"], c["dataset"]) for c in sec["comparisons"]] == [("dpo-b1", "dpo", ds) for ds in sets]
+    assert all(abs(c["diff"] - 0.03) < 0.01 and c["p_holm"] < 0.05 for c in sec["comparisons"])
+    _export(kept / "ablation", "dpo-b1", 2, dict.fromkeys(sets, 0.03))
+    out = rep.write_study_report()
+    assert out["ablations"]["complete"] and out["ablations"]["rows"][0]["seeds"] == [1, 2]
+    assert out["verdicts"] == before["verdicts"] and out["final"]["rows"] == before["final"]["rows"]
+    md = (rep.OUT / "study_scifact.results.md").read_text()
+    assert "## Ablations (post hoc" in md and "- dpo-b1: dpo with beta 1.0" in md and "| dpo-b1 − dpo | scifact |" in md
+    readme = sys.modules["study_readme"].README.read_text()
+    assert "Ablations (post hoc" in readme and "| dpo-b1 − dpo | dbpedia-entity-5k | 0.53" in readme
 
 
 def test_finals_and_data_units_end_to_end(study, tmp_path, tiny_model_path, monkeypatch):
