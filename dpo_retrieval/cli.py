@@ -45,7 +45,7 @@ COMMANDS = {
              "(held-out train queries) and mining.json to --output."),
     "compare": ("mine triplets, train DPO and other losses from one base, evaluate on BEIR, report",
                 "The whole experiment in one command: mine triplets from the dataset's train split, train every "
-                "--losses entry (dpo, contrastive, dpr, cmnrl, dpo+mnrl, sdpo; default dpo and contrastive), "
+                "--losses entry (dpo, contrastive, dpr, cmnrl, dpo+mnrl, sdpo; default dpo+mnrl and contrastive), "
                 "once per --seeds entry, from the same base on the same triplets and budget (--wise-ft: also its "
                 "WiSE-FT interpolations with the base), evaluate the base and each model on the test split (plus a "
                 "dev split held out from train, and any --eval-datasets), and write report.json, report.md and PNG "

@@ -56,17 +56,17 @@ def test_compare_end_to_end_then_skips_every_stage(tmp_path, tiny_model_path, ca
     out = tmp_path / "run"
     assert main(compare_args(tiny_model_path, data, out, "--eval-datasets", str(ood))) == 0
     printed = capsys.readouterr().out
-    assert "| base" in printed and "dpo" in printed and "contrastive" in printed
+    assert "| base" in printed and "dpo+mnrl" in printed and "contrastive" in printed
 
     report = json.loads((out / "report.json").read_text())
     assert set(report["datasets"]) == {"tiny", "tiny-dev", "other"}
     for name, ds in report["datasets"].items():
-        assert [r["model"] for r in ds["rows"]] == ["base", "dpo", "contrastive"], name
+        assert [r["model"] for r in ds["rows"]] == ["base", "dpo+mnrl", "contrastive"], name  # the default losses
         for row in ds["rows"]:
             assert {"NDCG@10", "Recall@100", "MAP@100", "MRR@10", "train_time_s", "eval_time_s"} <= set(row)
             assert 0.0 <= row["NDCG@10"] <= 1.0
         pairs = {(c["a"], c["b"]) for c in ds["comparisons"]}
-        assert {("dpo", "base"), ("contrastive", "base"), ("dpo", "contrastive")} <= pairs
+        assert {("dpo+mnrl", "base"), ("contrastive", "base"), ("dpo+mnrl", "contrastive")} <= pairs
     assert (out / "report.md").read_text().count("| base") >= 3
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     mining = json.loads((out / "mine" / "mining.json").read_text())
@@ -84,7 +84,7 @@ def test_compare_end_to_end_then_skips_every_stage(tmp_path, tiny_model_path, ca
     # a finished training keeps its model, not its checkpoints (the trainer saves one at the last step)
     assert not [p for p in (out / "models").glob("*/checkpoints")]
     # Re-run: every stage is up to date, nothing is retrained or re-encoded.
-    model_file = out / "models" / "dpo" / "model.safetensors"
+    model_file = out / "models" / "dpo+mnrl" / "model.safetensors"
     before = {p: p.stat().st_mtime_ns for p in [model_file, *out.glob("eval/*/*.json"), *out.glob("embeddings/*/*.npy")]}
     assert main(compare_args(tiny_model_path, data, out, "--eval-datasets", str(ood))) == 0
     assert {p: p.stat().st_mtime_ns for p in before} == before
@@ -196,7 +196,7 @@ def test_compare_reencodes_exactly_the_retrained_model(tmp_path, tiny_model_path
 
     data = write_tiny_beir(tmp_path / "tiny", test_duplicate=True)
     out = tmp_path / "run"
-    args = compare_args(tiny_model_path, data, out, "--lr", "1e-6")
+    args = compare_args(tiny_model_path, data, out, "--lr", "1e-6", "--losses", "dpo,contrastive")
     assert main(args) == 0
     emb = {name: out / "embeddings" / name / "tiny.npy" for name in ("base", "dpo", "contrastive")}
     evals = {name: out / "eval" / name / "tiny.json" for name in ("base", "dpo", "contrastive")}
@@ -366,7 +366,7 @@ def test_compare_with_several_training_seeds(tmp_path, tiny_model_path):
     cfg = CompareArgs(dataset=str(data), output=str(out), model=tiny_model_path, max_triplets=10,
                       per_device_train_batch_size=4, train_max_seq_length=32, eval_max_seq_length=32, precision="fp32",
                       top_k=20, seed=1, mining=MineArgs(rank_min=2, rank_max=12, dev_fraction=0.2),
-                      show_progress_bar=False)
+                      show_progress_bar=False, losses=["dpo", "contrastive"])
     run_compare(cfg)  # a single-seed run (seeds default to (seed,)): models/<loss>/ as before
     assert not list((out / "models").glob("*-seed*"))
     single = json.loads((out / "report.json").read_text())["datasets"]["tiny"]["rows"]

@@ -80,7 +80,7 @@ def test_dpo_starts_at_log2_only_without_dropout(tmp_path, tiny_model_path, drop
 
     out = tmp_path / dropout
     assert main(train_args(tiny_model_path, write_jsonl(tmp_path / "t.jsonl"), out, "--batch-size", "6",
-                           "--max-steps", "1", "--dropout", dropout)) == 0
+                           "--max-steps", "1", "--dropout", dropout, "--loss", "dpo")) == 0
     first = [r for r in read_log(out) if "loss" in r][0]
     if dropout == "off":
         assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)

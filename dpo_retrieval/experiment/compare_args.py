@@ -56,7 +56,7 @@ class CompareArgs(ScoringArgs, ModelArgs):
 
     dataset: str = field(metadata={"help": "BEIR dataset with train and test splits (name or path)"})
     output: str = field(metadata={"help": "run directory"})
-    losses: list[str] = field(default_factory=lambda: ["dpo", "contrastive"], metadata={
+    losses: list[str] = field(default_factory=lambda: ["dpo+mnrl", "contrastive"], metadata={
         "help": "losses to train, space- or comma-separated: " + ", ".join(LOSSES) + " (see train --help, --loss), "
                 "or names of --variants"})
     variants: dict | str | None = field(default=None, metadata={

@@ -172,10 +172,11 @@ def write_plots(results: Mapping[str, Any], report: Mapping[str, Any], out_dir) 
         written.append(_plot_metrics(ds_name, ds, out_dir / f"metrics_{safe}.png",
                                      float(report.get("confidence") or 0.95)))
         models = runs.get(ds_name) or {}
-        if "dpo" in models and "contrastive" in models:
-            a, b = _per_query(models["dpo"], "NDCG@10"), _per_query(models["contrastive"], "NDCG@10")
+        dpo = next((name for name in ("dpo+mnrl", "dpo") if name in models), None)  # the default's DPO model
+        if dpo and "contrastive" in models:
+            a, b = _per_query(models[dpo], "NDCG@10"), _per_query(models["contrastive"], "NDCG@10")
             if a is not None and b is not None:
-                p = _plot_per_query_diff(ds_name, a, b, ("dpo", "contrastive"),
+                p = _plot_per_query_diff(ds_name, a, b, (dpo, "contrastive"),
                                          out_dir / f"per_query_diff_{safe}.png")
                 if p is not None:
                     written.append(p)
