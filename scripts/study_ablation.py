@@ -1,7 +1,8 @@
 """The study's post-hoc ablations (``python scripts/study.py ablation``; amendment 7 of the plan): a final model
 trained again with some options changed (study.yaml's ``ablations``: ``{name: {of: <final model>, set: {...}}}``),
-at ``ablation_seeds``, and scored against that final model at the same seeds. They enter no criterion and no
-verdict: they say where a final model's gain comes from (dpo-mnrl at mnrl_weight 1 is its contrastive term alone).
+at ``ablation_seeds``, and scored against that final model at the same seeds, and against each final model of its
+optional ``against`` list (e.g. the best contrastive model). They enter no criterion and no verdict: they say where
+a final model's gain comes from (dpo-mnrl at mnrl_weight 1 is its contrastive term alone).
 
 Runs in runs/study/ablation (a copy of the finals' mining and base evaluation), one compare call per missing
 (seed, ablation), each kept as benchmarks/results/study/ablation/<name>/seed<k>.json like a final.
@@ -51,9 +52,10 @@ def ablation(jobs: int = 1) -> None:
 
 
 def ablation_section(p: dict, finals: dict, sha: str | None) -> dict:
-    """Each ablation and the final model it changes at the seeds both have of ``ablation_seeds``: nDCG@10 mean ±
-    std per evaluation set, drift, and the ablation against its model paired over queries (seed-averaged), Holm
-    over the section's tests. ``complete``: every ablation at every ablation seed with every evaluation set."""
+    """Each ablation and the final models it is tested against (the one it changes, then its ``against`` list), each
+    pair at the seeds both have of ``ablation_seeds``: nDCG@10 mean ± std per evaluation set, drift, and the
+    ablation against the model paired over queries (seed-averaged), Holm over the section's tests. ``complete``:
+    every ablation at every ablation seed with every evaluation set."""
     from study_report import compare_results, group_complete, load_group
 
     from dpo_retrieval.experiment.report import collapse_seeds
@@ -63,23 +65,25 @@ def ablation_section(p: dict, finals: dict, sha: str | None) -> dict:
     group = load_group(S.KEPT / "ablation", sha, seeds)
     rows, comps = [], []
     for name, a in ablations.items():
-        mine, theirs = group["models"].get(name, {}), finals["models"].get(a["of"], {})
-        common = sorted(set(mine) & set(theirs))
-        pair = {"base": None, "models": {name: {s: mine[s] for s in common}, a["of"]: {s: theirs[s] for s in common}}}
-        runs = compare_results(pair, [name, a["of"]])["dataset_runs"]
-        for m in (name, a["of"]):
-            row = {"ablation": name, "model": m, "seeds": common,
-                   "drift": mean_std(pair["models"][m][s].get("drift_dev", {}).get("pool") for s in common)[0]}
+        mine = group["models"].get(name, {})
+        for b in [a["of"], *(a.get("against") or [])]:
+            theirs = finals["models"].get(b, {})
+            common = sorted(set(mine) & set(theirs))
+            pair = {"base": None, "models": {name: {s: mine[s] for s in common}, b: {s: theirs[s] for s in common}}}
+            runs = compare_results(pair, [name, b])["dataset_runs"]
+            for m in (name, b) if b == a["of"] else (b,):
+                row = {"ablation": name, "model": m, "seeds": common,
+                       "drift": mean_std(pair["models"][m][s].get("drift_dev", {}).get("pool") for s in common)[0]}
+                for ds in DATASETS:
+                    row[ds] = mean_std(e["datasets"][ds]["metrics"][METRIC] for e in pair["models"][m].values()
+                                       if ds in e["datasets"])
+                rows.append(row)
             for ds in DATASETS:
-                row[ds] = mean_std(e["datasets"][ds]["metrics"][METRIC] for e in pair["models"][m].values()
-                                   if ds in e["datasets"])
-            rows.append(row)
-        for ds in DATASETS:
-            models = runs.get(ds, {}).get("models", {})
-            if name in models and a["of"] in models:
-                comps.append({"ablation": name, "dataset": ds, "a": name, "b": a["of"],
-                              **compare_paired(collapse_seeds(models[name])["per_query"][METRIC],
-                                               collapse_seeds(models[a["of"]])["per_query"][METRIC])})
+                models = runs.get(ds, {}).get("models", {})
+                if name in models and b in models:
+                    comps.append({"ablation": name, "dataset": ds, "a": name, "b": b,
+                                  **compare_paired(collapse_seeds(models[name])["per_query"][METRIC],
+                                                   collapse_seeds(models[b])["per_query"][METRIC])})
     for c, ph in zip(comps, holm([c["p_ttest"] for c in comps])):
         c["p_holm"] = ph
     return {"ablations": ablations, "seeds": seeds, "rows": rows, "comparisons": comps, "left_out": group["stale"],
@@ -89,6 +93,7 @@ def ablation_section(p: dict, finals: dict, sha: str | None) -> dict:
 def describe(ablations: dict) -> list[str]:
     """One markdown bullet per ablation: its name, the final model it changes and the options it changes."""
     return [f"- {name}: {a['of']} with " + ", ".join(f"{k} {v}" for k, v in (a.get("set") or {}).items())
+            + (f"; also tested against {', '.join(a['against'])}" if a.get("against") else "")
             for name, a in ablations.items()]
 
 
@@ -102,7 +107,7 @@ def render_lines(section: dict) -> list[str]:
     state = "" if section["complete"] else " PROVISIONAL: not every ablation seed is recorded."
     lines = ["", "## Ablations (post hoc, amendment 7: no criterion or verdict depends on them)", "",
              f"Each ablation is a final model trained again with the options below changed, at seeds "
-             f"{', '.join(map(str, section['seeds']))}, against that model at the same seeds (nDCG@10 mean ± std; "
+             f"{', '.join(map(str, section['seeds']))}, against that model and any model it lists at the same seeds (nDCG@10 mean ± std; "
              f"paired over queries, seed-averaged, Holm over the section).{state}", ""]
     lines += describe(section["ablations"])
     lines += ["", "| model | seeds | SciFact test | SciFact dev | dbpedia-entity-5k | drift |", "|---|---:|---:|---:|---:|---:|"]

@@ -108,7 +108,7 @@ def ablation_block(section: dict) -> list[str]:
         return []
     seeds = ", ".join(map(str, section["seeds"]))
     lines = ["", f"Ablations (post hoc; no criterion depends on them): each a final model trained again with an option "
-             f"changed, against that model at the same seeds ({seeds}"
+             f"changed, against that model (and any model it lists) at the same seeds ({seeds}"
              + ("" if section.get("complete") else "; provisional: not every seed recorded")
              + "), paired over queries, Holm over the section:", ""]
     lines += describe(section["ablations"])

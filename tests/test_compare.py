@@ -482,13 +482,13 @@ def test_train_negatives_enter_the_stage_key_only_when_set(tmp_path):
     plain = CompareArgs(dataset="scifact", output=str(tmp_path / "run"), losses="dpo")
     negatives, settings = key(plain, "dpo")
     assert negatives == 4 and "negatives" not in settings
-    # a number given explicitly reaches train() even where a loss's default is smaller (contrastive: 2)
-    every = CompareArgs(dataset="scifact", output=str(tmp_path / "run"), losses="contrastive", train_negatives=4)
-    assert key(every, "contrastive")[0] == 4 and "negatives" not in key(every, "contrastive")[1]
+    # a number given explicitly reaches train() even where a loss's default is smaller (cmnrl: 1)
+    every = CompareArgs(dataset="scifact", output=str(tmp_path / "run"), losses="cmnrl", train_negatives=4)
+    assert key(every, "cmnrl")[0] == 4 and "negatives" not in key(every, "cmnrl")[1]
     assert settings == {**key(CompareArgs(dataset="scifact", output=str(tmp_path / "run"), losses="dpo",
                                           train_negatives=4), "dpo")[1]}  # dpo's default 4 is all mined: no option
-    contrastive = CompareArgs(dataset="scifact", output=str(tmp_path / "run"), losses="contrastive")
-    assert key(contrastive, "contrastive")[0] == 2  # its own default, the first 2 of the 4 mined
+    cmnrl = CompareArgs(dataset="scifact", output=str(tmp_path / "run"), losses="cmnrl")
+    assert key(cmnrl, "cmnrl")[0] == 1  # its own default, the first 1 of the 4 mined
     with pytest.raises(UserInputError, match="train_negatives: 5 is more than the 4 mined per positive"):
         CompareArgs(dataset="scifact", output=str(tmp_path / "run"), train_negatives=5)
 

@@ -55,8 +55,8 @@ def test_the_help_says_each_losss_default():
 
 
 def test_python_api_defaults_follow_the_loss():
-    assert training_arguments("o", "contrastive").learning_rate == 2e-4
-    assert training_arguments("o", "contrastive", learning_rate=1e-5).num_train_epochs == 2.0
+    assert training_arguments("o", "contrastive").learning_rate == 1e-4
+    assert training_arguments("o", "contrastive", learning_rate=1e-5).num_train_epochs == 4.0
     assert training_arguments("o").learning_rate == TRAINING_DEFAULTS["learning_rate"]
     assert DPOArgs().resolved("cmnrl").mnrl_scale == 40.0 and DPOArgs(mnrl_scale=5.0).resolved("cmnrl").mnrl_scale == 5.0
     assert DPOArgs(policy="sigmoid").resolved("dpo").beta == 10.0 and DPOArgs(beta=1.0).resolved("dpo").beta == 1.0
@@ -68,7 +68,7 @@ class _Columns:
 
 
 def test_train_uses_the_losss_negatives_at_most_the_files():
-    assert default_negatives(TrainArgs(triplets="t", loss="contrastive"), _Columns(4)) == 2
+    assert default_negatives(TrainArgs(triplets="t", loss="contrastive"), _Columns(6)) == 4
     assert default_negatives(TrainArgs(triplets="t", loss="dpo"), _Columns(1)) == 1  # capped, not an error
     assert default_negatives(TrainArgs(triplets="t", loss="dpr"), _Columns(4)) is None  # untuned: all
     assert default_negatives(TrainArgs(triplets="t", loss="dpo", negatives=3), _Columns(4)) == 3
@@ -80,7 +80,7 @@ def test_compare_gives_each_loss_its_own_settings_under_the_run_and_the_variants
     got = {name: variant_config(cfg, name)[1] for name in cfg.losses}
     assert (got["dpo"].learning_rate, got["dpo"].num_train_epochs, got["dpo"].train_negatives) == (1e-4, 4.0, 4)
     assert (got["contrastive"].learning_rate, got["contrastive"].train_negatives, got["contrastive"].dpo.mnrl_scale) \
-        == (2e-4, 2, 20.0)
+        == (1e-4, 4, 20.0)
     assert (got["cmnrl"].per_device_train_batch_size, got["cmnrl"].dpo.mnrl_scale) == (128, 40.0)
     assert (got["custom"].learning_rate, got["custom"].num_train_epochs) == (3e-5, 4.0)  # the variant's, then dpo's
     assert model_settings("cmnrl", got["cmnrl"])["mnrl_scale"] == 40.0 and "beta" not in model_settings("cmnrl", got["cmnrl"])
@@ -98,8 +98,8 @@ def test_a_sweep_points_key_changes_only_where_what_it_trains_with_changed():
                 "beta": 10.0}
     assert defaulted_settings(explicit, file_negatives=1) == {}  # keys recorded before stay
     assert defaulted_settings(explicit, file_negatives=4) == {}  # dpo's default 4 is every negative of the file
-    assert defaulted_settings({**explicit, "loss": "contrastive", "mnrl_scale": 20}, file_negatives=4) == {
-        "negatives": 2}
+    assert defaulted_settings({**explicit, "loss": "contrastive", "mnrl_scale": 20}, file_negatives=6) == {
+        "negatives": 4}
     assert defaulted_settings({"loss": "dpo"}, file_negatives=1) == {
         "learning_rate": 1e-4, "num_train_epochs": 4.0, "beta": 10.0}
 
@@ -107,10 +107,10 @@ def test_a_sweep_points_key_changes_only_where_what_it_trains_with_changed():
 def test_a_sweep_option_set_to_none_or_made_moot_is_not_given():
     base = {"loss": "contrastive", "num_train_epochs": 1, "per_device_train_batch_size": 32, "learning_rate": 2e-5,
             "mnrl_scale": 20}
-    assert defaulted_settings({**base, "negatives": None}, file_negatives=4) == {"negatives": 2}
+    assert defaulted_settings({**base, "negatives": None}, file_negatives=6) == {"negatives": 4}
     steps = {k: v for k, v in base.items() if k != "num_train_epochs"}
     assert defaulted_settings({**steps, "max_steps": 5}, file_negatives=1) == {}  # epochs do not matter
-    assert defaulted_settings(steps, file_negatives=1) == {"num_train_epochs": 2.0}
+    assert defaulted_settings(steps, file_negatives=1) == {"num_train_epochs": 4.0}
 
 
 def test_a_run_of_several_losses_records_their_options_as_given():

@@ -70,7 +70,7 @@ def test_online_reference_scores_the_prompted_texts(tmp_path, tiny_model_path, m
     monkeypatch.setattr(OnlineReference, "score", spy)
     model = _prompted_model(tiny_model_path, tmp_path / "prompted")
     train(TrainArgs(triplets=_triplets(tmp_path / "t.jsonl"), model=model, max_seq_length=32, precision="fp32",
-                    device="cpu"),
+                    device="cpu", loss="dpo"),
           training_arguments(str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=6, disable_tqdm=True),
           DPOArgs(reference="online", dropout="off"))
     (query, *docs), = seen

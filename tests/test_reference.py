@@ -125,7 +125,7 @@ def test_trainer_runs_dpo_with_two_negatives(tmp_path, tiny_model_path, referenc
 
     path = tmp_path / "k2.jsonl"
     path.write_text("".join(json.dumps(dict(zip(ROWS_K2, row))) + "\n" for row in zip(*ROWS_K2.values())))
-    out = train(TrainArgs(triplets=str(path), model=tiny_model_path, precision="fp32", max_seq_length=32),
+    out = train(TrainArgs(triplets=str(path), model=tiny_model_path, precision="fp32", max_seq_length=32, loss="dpo"),
                 training_arguments(str(tmp_path / "out"), max_steps=2, logging_steps=1, per_device_train_batch_size=2,
                                    disable_tqdm=True),
                 DPOArgs(reference=reference))

@@ -632,7 +632,7 @@ def _train_argv(tmp_path: Path, model: str, *extra: str) -> list[str]:
     data.write_bytes(jl(*GOOD))
     return ["--quiet", "train", "--triplets", str(data), "--output", str(tmp_path / "out"), "--model", model,
             "--batch-size", "2", "--max-seq-length", "16", "--precision", "fp32", "--logging-steps", "1",
-            "--warmup", "0", "--lr", "1e-3", *extra]
+            "--warmup", "0", "--lr", "1e-3", "--loss", "dpo+mnrl", *extra]
 
 
 def _nonfinite_on_calls(monkeypatch, calls: dict[int, str]):

@@ -756,8 +756,10 @@ def test_ablation_trains_a_final_model_with_options_changed_and_tests_it_against
                                                         "ablation_seeds": [1]}))
     with pytest.raises(SystemExit, match="ablation x: its model 'sdpo' is not a variant of"):
         abl.ablation()
-    # the report: finals of dpo at seeds 1-3, the ablation at seed 1 so far, 0.03 above dpo everywhere
-    (configs / "study.yaml").write_text(yaml.safe_dump({**p, "ablations": {"dpo-b1": {"of": "dpo", "set": {"beta": 1.0}}},
+    # the report: finals of dpo at seeds 1-3, the ablation at seed 1 so far, 0.03 above dpo everywhere; also
+    # tested against mnrl (its `against` list), 0.01 above it
+    (configs / "study.yaml").write_text(yaml.safe_dump({**p, "ablations": {"dpo-b1": {"of": "dpo", "set": {"beta": 1.0},
+                                                                                      "against": ["mnrl"]}},
                                                         "ablation_seeds": [1, 2]}))
     shutil.rmtree(kept / "ablation")
     config.unlink()
@@ -770,14 +772,18 @@ def test_ablation_trains_a_final_model_with_options_changed_and_tests_it_against
     before = rep.write_study_report()
     sec = before["ablations"]
     assert not sec["complete"] and {r["seeds"] == [1] for r in sec["rows"]} == {True}  # dpo at seed 1 only
-    assert [(c["a"], c["b"], c["dataset"]) for c in sec["comparisons"]] == [("dpo-b1", "dpo", ds) for ds in sets]
-    assert all(abs(c["diff"] - 0.03) < 0.01 and c["p_holm"] < 0.05 for c in sec["comparisons"])
+    assert [(c["a"], c["b"], c["dataset"]) for c in sec["comparisons"]] == [
+        ("dpo-b1", b, ds) for b in ("dpo", "mnrl") for ds in sets]
+    assert [r["model"] for r in sec["rows"]] == ["dpo-b1", "dpo", "mnrl"]
+    assert all(abs(c["diff"] - (0.03 if c["b"] == "dpo" else 0.01)) < 0.005 for c in sec["comparisons"])
+    assert all(c["p_holm"] < 0.05 for c in sec["comparisons"] if c["b"] == "dpo")
     _export(kept / "ablation", "dpo-b1", 2, dict.fromkeys(sets, 0.03))
     out = rep.write_study_report()
     assert out["ablations"]["complete"] and out["ablations"]["rows"][0]["seeds"] == [1, 2]
     assert out["verdicts"] == before["verdicts"] and out["final"]["rows"] == before["final"]["rows"]
     md = (rep.OUT / "study_scifact.results.md").read_text()
-    assert "## Ablations (post hoc" in md and "- dpo-b1: dpo with beta 1.0" in md and "| dpo-b1 − dpo | scifact |" in md
+    assert "## Ablations (post hoc" in md and "- dpo-b1: dpo with beta 1.0; also tested against mnrl" in md
+    assert "| dpo-b1 − dpo | scifact |" in md and "| dpo-b1 − mnrl | scifact |" in md
     readme = sys.modules["study_readme"].README.read_text()
     assert "Ablations (post hoc" in readme and "| dpo-b1 − dpo | dbpedia-entity-5k | 0.53" in readme
 

@@ -66,7 +66,7 @@ def _mean_margin(model_path) -> float:
 def test_dpo_training_widens_the_positive_negative_margin(tmp_path, tiny_model_path):
     out = tmp_path / "m"
     assert main(train_args(tiny_model_path, write_jsonl(tmp_path / "t.jsonl"), out, "--epochs", "6",
-                           "--lr", "1e-3", "--warmup", "0")) == 0
+                           "--lr", "1e-3", "--warmup", "0", "--loss", "dpo")) == 0
     before, after = _mean_margin(tiny_model_path), _mean_margin(out)
     assert after > before, (before, after)
     assert [r for r in read_log(out) if "loss" in r][-1]["rewards/margins"] > 0

@@ -38,7 +38,7 @@ def write_beir(root: Path) -> Path:
 def args(tiny_model_path, triplets, out, *extra) -> list[str]:
     return ["--quiet", "train", "--triplets", str(triplets), "--output", str(out), "--model", tiny_model_path,
             "--batch-size", "2", "--max-seq-length", "32", "--logging-steps", "1", "--precision", "fp32",
-            "--device", "cpu", "--seed", "7", *extra]
+            "--device", "cpu", "--seed", "7", "--loss", "dpo+mnrl", *extra]
 
 
 def read_log(out: Path) -> list[dict]:
