@@ -9,6 +9,7 @@ ablation is written by scripts/compare_runs.py from the two quick runs.
     DPO_RETRIEVAL_DATA=../shared/data/beir python scripts/readme_results.py            # all
     DPO_RETRIEVAL_DATA=../shared/data/beir python scripts/readme_results.py quick full  # some
     python scripts/readme_results.py --markdown quick     # README's tables from the results file
+    python scripts/readme_results.py --dev-table losses hinge   # README's "every loss once" table (dev split)
 
 Wall times are only comparable when the machine was otherwise idle: check `load_average_start`.
 The dropout and full runs start from a copy of the quick run's mining and base-model corpus
@@ -134,7 +135,29 @@ def markdown(name: str) -> str:
     return "\n".join(out)
 
 
+def dev_table(names: list[str]) -> str:
+    """One dev-split row per trained model of the recorded runs ``names`` (base from the first): nDCG@10, its
+    difference from base with the bootstrap CI, and the harm rate (README's "every loss once" table)."""
+    out = ["| model (run) | dev nDCG@10 | − base | 95% CI | p (Holm) | harm rate |", "|---|---:|---:|---:|---:|---:|"]
+    for i, name in enumerate(names):
+        ds = json.loads((RESULTS / f"compare_{name}.json").read_text())["report"]["datasets"]["scifact-dev"]
+        vs_base = {c["a"]: c for c in ds["comparisons"] if c["b"] == "base" and c["metric"] == "NDCG@10"}
+        for r in ds["rows"]:
+            if r["model"] == "base":
+                if i == 0:
+                    out.append(f"| base | {r['NDCG@10']:.4f} | | | | |")
+                continue
+            c, harm = vs_base[r["model"]], r.get("harm_rate")
+            out.append(f"| {r['model']} ({name}) | {r['NDCG@10']:.4f} | {c['diff']:+.4f} | "
+                       f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {c['p_holm']:.3g} | "
+                       + ("—" if harm is None else f"{100 * harm:.1f}%") + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--dev-table"]:
+        print(dev_table([ALIASES.get(n, n) for n in sys.argv[2:]]))
+        return
     if sys.argv[1:2] == ["--markdown"]:
         for n in sys.argv[2:]:
             print(markdown(ALIASES.get(n, n)))
