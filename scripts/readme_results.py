@@ -156,7 +156,11 @@ def dev_table(names: list[str]) -> str:
 
 def main() -> None:
     if sys.argv[1:2] == ["--dev-table"]:
-        print(dev_table([ALIASES.get(n, n) for n in sys.argv[2:]]))
+        names = [ALIASES.get(n, n) for n in sys.argv[2:]]
+        missing = [n for n in names if not (RESULTS / f"compare_{n}.json").exists()]
+        if not names or missing:
+            sys.exit(f"--dev-table: no recorded run {missing or '(none given)'}; choose from {list(ALIASES)}")
+        print(dev_table(names))
         return
     if sys.argv[1:2] == ["--markdown"]:
         for n in sys.argv[2:]:

@@ -29,6 +29,9 @@ def ablation_variants(config: Path, p: dict) -> dict:
     for name, a in (p.get("ablations") or {}).items():
         if a.get("of") not in variants:
             raise SystemExit(f"ablation {name}: its model {a.get('of')!r} is not a variant of {config}")
+        unknown = [b for b in a.get("against") or [] if b not in variants]
+        if unknown:
+            raise SystemExit(f"ablation {name}: against {unknown} is not a variant of {config}")
         out[name] = {**{o: v for o, v in variants[a["of"]].items() if o != "wise_ft"}, **(a.get("set") or {})}
     return out
 
